@@ -62,8 +62,8 @@ def dense_masked(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor,
     which keys attention sees, its gradient flows through the multiplication.
     """
     key_valid = (mask_full > 0.5) if attention else None
-    m = mask_full.to(x.dtype).unsqueeze(-1)
-    return tuple(out * m for out in fn(x, key_valid))
+    m = mask_full.unsqueeze(-1)
+    return tuple(out * m.to(out.dtype) for out in fn(x, key_valid))
 
 
 def topk_select(mask_full: torch.Tensor, scores_full: torch.Tensor,
@@ -98,11 +98,11 @@ def gathered(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor, scores_full
     bidx, idx, valid = topk_select(mask_full, scores_full, k)
     tokens = x[bidx, idx]                                   # GatherND
     outs = fn(tokens, valid if attention else None)
-    keep = valid.to(x.dtype).unsqueeze(-1)
+    keep = valid.unsqueeze(-1)
     deltas = []
     for out in outs:
         base = _zeros_like_tokens(x, out)
-        deltas.append(base.index_put((bidx, idx), out * keep))  # ScatterND, reduction none
+        deltas.append(base.index_put((bidx, idx), out * keep.to(out.dtype)))  # ScatterND
     return tuple(deltas)
 
 
@@ -124,7 +124,8 @@ def run_dispatched(fn: SubBlock, x: torch.Tensor, mask_full: Optional[torch.Tens
     """Apply ``fn`` to the active tokens of ``x`` in ``mode``; return dense deltas."""
     if mode == "complete":
         return fn(x, None)
-    assert mask_full is not None and scores_full is not None
+    if mask_full is None or scores_full is None:
+        raise ValueError(f"dispatch mode {mode!r} needs the gate's mask and scores")
     if mode == "mask":
         return dense_masked(fn, x, mask_full, attention)
     if mode == "topk" or (mode == "pack" and attention):

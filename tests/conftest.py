@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny DyT models the tests build themselves (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dyt_edge.config import DyTConfig
+
+
+def tiny_config(**changes) -> DyTConfig:
+    """A DyT small enough for fast tests: 32x32 images, patch 8 (16 patch tokens), width 32."""
+    base = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5,
+                adapter_dim=8, adapter_scale=0.5)
+    base.update(changes)
+    return DyTConfig(**base).validate()
+
+
+def randomize_dyt(model: torch.nn.Module, *, seed: int = 0, gate_std: float = 0.3,
+                  gate_bias: float = 0.0) -> torch.nn.Module:
+    """Give adapters and gates non-trivial weights (they initialise to zero / near zero), so
+    that dispatch decisions are mixed and adapter outputs are non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaptmlp" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        for ts in model.token_selects:
+            ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * gate_std)
+            ts.mlp_head.bias.fill_(gate_bias)
+    return model
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config

@@ -1,0 +1,236 @@
+"""Dispatch execution modes: topk / pack / capacity must equal the dense `mask` reference."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dyt_edge.config import VARIANTS
+from dyt_edge.errors import ConfigError
+from dyt_edge.model import build_model, capacity_overflow
+from dyt_edge.model.layers import TokenSelect
+
+from .conftest import randomize_dyt, tiny_config
+
+ATOL = 1e-5
+MODEL_KINDS = [(v, "adapter") for v in VARIANTS] + [("mlp", "moe"), ("attn_mlp", "moe")]
+
+
+def controlled_model(variant: str, adapter_kind: str = "adapter"):
+    """A tiny DyT whose gates follow the image: channel 0 of every token carries 50x the mean of
+    its patch's pixels, and each gate reads channel 0 alone. A bright image activates every
+    patch token, a dark one none, noise a mix — so a batch can hold all three."""
+    model = build_model(tiny_config(variant=variant, adapter_kind=adapter_kind))
+    randomize_dyt(model, seed=1)
+    with torch.no_grad():
+        w = model.patch_embed.proj.weight
+        w[0] = 50.0 / w[0].numel()
+        model.patch_embed.proj.bias[0] = 0.0
+        for ts in model.token_selects:
+            ts.mlp_head.weight.zero_()
+            ts.mlp_head.weight[0, 0] = 1.0
+            ts.mlp_head.bias.zero_()
+    return model
+
+
+def mixed_batch(batch: int, seed: int = 0) -> torch.Tensor:
+    """Images cycling through: all-dark (no patch active), all-bright (all active), noise."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 32, 32, generator=g)
+    for i in range(batch):
+        if i % 3 == 0:
+            images[i] = -images[i].abs() - 0.5
+        elif i % 3 == 1:
+            images[i] = images[i].abs() + 0.5
+    return images
+
+
+def run(model, mode, images, capacity=None):
+    model.set_dispatch(mode, capacity=capacity)
+    with torch.no_grad():
+        return model(images, return_masks=True)
+
+
+@pytest.mark.parametrize("variant,adapter_kind", MODEL_KINDS)
+def test_topk_and_pack_equal_mask_at_every_batch_size(variant, adapter_kind):
+    model = controlled_model(variant, adapter_kind)
+    images = mixed_batch(9)
+    seen_counts = set()
+    for batch in range(1, 10):
+        # Rotate which image leads, so every batch size holds a different mix.
+        x = images.roll(batch, dims=0)[:batch]
+        ref, ref_masks = run(model, "mask", x)
+        seen_counts.update(ref_masks[:, 0].sum(-1).tolist())
+        for mode in ("topk", "pack"):
+            out, masks = run(model, mode, x)
+            diff = (out - ref).abs().max().item()
+            assert diff <= ATOL, f"{mode} batch {batch}: max diff {diff} (atol {ATOL})"
+            assert torch.equal(masks, ref_masks)
+    num_patches = model.config.num_patches
+    assert 0 in seen_counts and num_patches in seen_counts, seen_counts
+    assert any(0 < c < num_patches for c in seen_counts), seen_counts
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_capacity_one_is_exact(variant):
+    model = controlled_model(variant)
+    x = mixed_batch(7)
+    ref, ref_masks = run(model, "mask", x)
+    out, masks = run(model, "capacity", x, capacity=1.0)
+    assert (out - ref).abs().max().item() <= ATOL
+    assert torch.equal(masks, ref_masks)
+    assert capacity_overflow(masks, model.capacity_slots()).sum().item() == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_capacity_overflow_is_counted_and_fitting_images_stay_exact(variant):
+    model = controlled_model(variant)
+    x = mixed_batch(9, seed=3)
+    ref, _ = run(model, "mask", x)
+    out, masks = run(model, "capacity", x, capacity=0.5)
+    slots = model.capacity_slots()
+    assert slots == [8] * model.config.num_dispatchers  # ceil(0.5 * 16)
+    overflow = capacity_overflow(masks, slots)           # [B, L]
+    per_image = overflow.sum(dim=1)
+    # Bright images (all 16 patches active) cannot fit 8 slots; dark ones (0 active) always fit.
+    assert (per_image[1::3] > 0).all()
+    assert (per_image[0::3] == 0).all()
+    fits = per_image == 0
+    assert (out[fits] - ref[fits]).abs().max().item() <= ATOL
+    assert (out[~fits] - ref[~fits]).abs().max().item() > ATOL  # dropping tokens changes logits
+
+
+@pytest.mark.parametrize("variant", ["attn", "layer"])
+def test_padding_never_leaks_between_images(variant):
+    """Attention among active tokens must not see another image's padding slots."""
+    model = controlled_model(variant)
+    x = mixed_batch(6, seed=5)
+    model.set_dispatch("topk")
+    with torch.no_grad():
+        batched = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+    assert (batched - single).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_complete_equals_mask_with_every_gate_open(variant):
+    model = controlled_model(variant)
+    x = mixed_batch(4)
+    complete, _ = run(model, "complete", x)
+    with torch.no_grad():
+        for ts in model.token_selects:
+            ts.mlp_head.bias.fill_(1e4)
+    ref, masks = run(model, "mask", x)
+    assert masks.all()
+    assert (complete - ref).abs().max().item() <= ATOL
+
+
+def test_masks_shape_and_dtype():
+    model = controlled_model("attn_mlp")
+    logits, masks = run(model, "topk", mixed_batch(5))
+    cfg = model.config
+    assert logits.shape == (5, cfg.num_classes)
+    assert masks.shape == (5, cfg.num_dispatchers, cfg.num_patches) == (5, 6, 16)
+    assert masks.dtype == torch.bool
+    assert cfg.dispatcher_names[:2] == ["blocks.0.attn", "blocks.0.mlp"]
+
+
+def test_complete_mode_without_masks_skips_gate_work():
+    model = controlled_model("mlp").set_dispatch("complete")
+    calls = []
+    orig = TokenSelect.logits
+    try:
+        TokenSelect.logits = lambda self, x: calls.append(1) or orig(self, x)
+        with torch.no_grad():
+            model(mixed_batch(2))
+        assert calls == []
+        with torch.no_grad():
+            model(mixed_batch(2), return_masks=True)
+        assert len(calls) == model.config.num_dispatchers
+    finally:
+        TokenSelect.logits = orig
+
+
+def test_gate_is_fp32_under_autocast():
+    torch.manual_seed(0)
+    gate = TokenSelect(32)
+    x = torch.randn(2, 16, 32)
+    ref = gate.logits(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin = torch.nn.functional.linear(x, gate.mlp_head.weight, gate.mlp_head.bias)
+        logits = gate.logits(x)
+    assert lin.dtype == torch.bfloat16  # autocast is really on for ordinary linears
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, ref)
+
+
+def test_model_runs_under_bf16_autocast_with_fp32_gates():
+    model = controlled_model("mlp")
+    x = mixed_batch(3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, masks = model.set_dispatch("topk")(x, return_masks=True)
+    assert masks.dtype == torch.bool and torch.isfinite(logits.float()).all()
+
+
+def test_training_masks_are_straight_through():
+    model = controlled_model("mlp")
+    model.train()
+    torch.manual_seed(0)
+    logits, masks = model(mixed_batch(4), return_masks=True)
+    assert masks.dtype == torch.float32
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    (logits.sum() + masks.mean()).backward()
+    grad = model.blocks[0].mlp_token_select.mlp_head.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_published_key_names_for_mlp_variant():
+    model = build_model(tiny_config(depth=2))
+    keys = set(model.state_dict())
+    expected_block = {
+        "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+        "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+        "mlp.fc2.weight", "mlp.fc2.bias", "adaptmlp.down_proj.weight", "adaptmlp.down_proj.bias",
+        "adaptmlp.up_proj.weight", "adaptmlp.up_proj.bias", "mlp_token_select.mlp_head.weight",
+        "mlp_token_select.mlp_head.bias",
+    }
+    expected = {f"blocks.{i}.{k}" for i in range(2) for k in expected_block} | {
+        "cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+        "norm.weight", "norm.bias", "head.weight", "head.bias"}
+    assert keys == expected
+
+
+def test_bad_dispatch_settings_are_clear_errors():
+    model = build_model(tiny_config())
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'topk'")):
+        model.set_dispatch("topkk")
+    with pytest.raises(ConfigError, match=r"outside \(0, 1\]"):
+        model.set_dispatch("capacity", capacity=1.5)
+    with pytest.raises(ConfigError, match="needs a capacity"):
+        model.set_dispatch("capacity")
+    with pytest.raises(ConfigError, match="capacity mode only"):
+        model.set_dispatch("topk", capacity=0.5)
+
+
+def test_dispatching_context_restores_mode():
+    model = build_model(tiny_config()).set_dispatch("capacity", capacity=0.25)
+    with model.dispatching("complete"):
+        assert model.dispatch_mode == "complete"
+    assert model.dispatch_mode == "capacity" and model.capacity == 0.25
+    assert model.capacity_slots() == [4, 4, 4]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("mode", ["topk", "capacity", "complete"])
+def test_torch_export_with_dynamic_batch(variant, mode):
+    model = controlled_model(variant, "moe" if variant == "layer" else "adapter")
+    model.set_dispatch(mode, capacity=0.75 if mode == "capacity" else None)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    ep = torch.export.export(model, (mixed_batch(2),), dynamic_shapes={"x": {0: batch}})
+    exported = ep.module()
+    for b in (1, 3, 7):
+        x = mixed_batch(b, seed=b)
+        with torch.no_grad():
+            assert (exported(x) - model(x)).abs().max().item() <= ATOL
