@@ -1,0 +1,5 @@
+"""``python -m dyt_edge`` runs the CLI."""
+
+from .cli import run
+
+run()
