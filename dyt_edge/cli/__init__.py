@@ -53,11 +53,13 @@ def _root(
 
 
 def _register() -> None:
+    from . import export as export_cmd
     from . import inspect as inspect_cmd
     from . import train as train_cmd
 
-    app.command("inspect")(inspect_cmd.inspect)
     app.command("train")(train_cmd.train)
+    app.command("inspect")(inspect_cmd.inspect)
+    app.command("export")(export_cmd.export)
 
 
 _register()

@@ -1,0 +1,334 @@
+"""Exported artifacts on disk: the ``dyt_edge.json`` manifest, where artifacts go, and how later
+commands find them. Torch-free (stdlib only), so runtimes, ``bench`` and ``build`` can read an
+artifact without importing the exporters or torch.
+
+An *artifact directory* holds the exported model file(s) and a manifest::
+
+    dyt-edge-out/<checkpoint stem>/
+        model.onnx            # --format onnx (and the validated source of every other format)
+        model.xml, model.bin  # --format openvino
+        dyt_edge.json         # the manifest (written last)
+
+The manifest is a JSON object (schema :data:`SCHEMA_VERSION`). Stable keys that readers may rely
+on:
+
+``schema``, ``dyt_edge_version``, ``created`` (UTC ISO-8601), ``format`` (what was asked for),
+``files`` (kind -> {``path`` relative to the directory, ``bytes``, ``sha256``}; kinds ``onnx``,
+``openvino``, ``openvino_weights``), ``source`` (checkpoint ``path``, ``sha256``, ``format``,
+``layout``), ``model`` (:meth:`DyTConfig.to_dict`), ``variant``, ``dispatch`` (``mode``,
+``capacity``, ``capacity_slots``, ``dispatchers``), ``opset``, ``batch`` (``"dynamic"`` or an
+int), ``preprocessing``, ``inputs`` / ``outputs`` (name, shape, dtype), ``validation``,
+``graph_report``.
+
+A directory is replaced as a whole: it is built beside its final place and swapped in
+(:func:`staged_directory`), so a reader sees the old artifact or the new one, never a mix, and a
+failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Union
+
+from ._version import __version__
+from .errors import DytEdgeError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MANIFEST_NAME = "dyt_edge.json"
+SCHEMA_VERSION = 1
+DEFAULT_ROOT = "dyt-edge-out"
+KINDS = ("onnx", "openvino")
+"""Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin)."""
+_STAGING_PREFIX = ".dyt-edge-staging-"
+_RETIRED_PREFIX = ".dyt-edge-retired-"
+
+
+class ArtifactError(DytEdgeError):
+    """An artifact (or a place to write one) that is missing, unreadable or not ours."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def format(self) -> str:
+        return str(self.manifest.get("format", "?"))
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in self.manifest.get("files", {}) if k in KINDS)
+
+    def file(self, kind: Optional[str] = None) -> Path:
+        """The model file of ``kind`` (default: the format the artifact was exported as)."""
+        kind = kind or self.format
+        files = self.manifest.get("files", {})
+        if kind not in files:
+            raise ArtifactError(f"artifact {self.path} has no {kind} model",
+                                f"it holds: {', '.join(self.kinds) or 'nothing'}; "
+                                f"re-export with --format {kind}")
+        return self.path / files[kind]["path"]
+
+    def summary(self) -> str:
+        m = self.manifest
+        dispatch = m.get("dispatch", {}).get("mode", "?")
+        return (f"{self.path} ({'+'.join(self.kinds) or self.format}, {m.get('variant', '?')}, "
+                f"dispatch {dispatch}, created {m.get('created', '?')})")
+
+
+# -- where artifacts go -------------------------------------------------------------------------
+
+def default_output_dir(checkpoint: PathLike, root: PathLike = DEFAULT_ROOT) -> Path:
+    """``<root>/<checkpoint stem>/`` (``dyt-edge-out/checkpoint-9/`` for ``checkpoint-9.pth``)."""
+    return Path(root) / Path(checkpoint).stem
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    """A manifest with the header keys filled in; ``fields`` are added as given."""
+    return {"schema": SCHEMA_VERSION, "dyt_edge_version": __version__, "created": utc_now(),
+            **fields}
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+def read_manifest(directory: PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} is not a dyt-edge artifact (no {MANIFEST_NAME})",
+                            "pass the directory `dyt-edge export` wrote") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc})", "re-export the model") from None
+    if not isinstance(manifest, dict) or "schema" not in manifest:
+        raise ArtifactError(f"{path} is not a dyt-edge manifest", "re-export the model")
+    if int(manifest["schema"]) > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} has manifest schema {manifest['schema']}, this dyt-edge "
+                            f"reads up to {SCHEMA_VERSION}", "upgrade dyt-edge")
+    return manifest
+
+
+def load_artifact(path: PathLike) -> Artifact:
+    """An artifact from its directory, or from a file inside it (``model.onnx``, ...)."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"artifact {p} does not exist",
+                            "run `dyt-edge export CKPT` first, or pass an existing path")
+    directory = p if p.is_dir() else p.parent
+    return Artifact(directory, read_manifest(directory))
+
+
+def find_artifacts(root: PathLike = DEFAULT_ROOT, kind: Optional[str] = None) -> list[Artifact]:
+    """Every readable artifact under ``root`` (directories up to two levels deep), newest first.
+
+    Unreadable or foreign manifests are skipped; ``kind`` keeps artifacts holding that model.
+    """
+    base = Path(root)
+    found: list[Artifact] = []
+    if not base.is_dir():
+        return found
+    candidates = [base, *base.glob("*"), *base.glob("*/*")]
+    for d in candidates:
+        if not d.is_dir() or d.name.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)):
+            continue
+        if not (d / MANIFEST_NAME).is_file():
+            continue
+        try:
+            art = Artifact(d, read_manifest(d))
+        except ArtifactError:
+            continue
+        if kind is None or kind in art.kinds:
+            found.append(art)
+    found.sort(key=lambda a: (str(a.manifest.get("created", "")),
+                              (a.path / MANIFEST_NAME).stat().st_mtime), reverse=True)
+    return found
+
+
+def find_latest_artifact(root: PathLike = DEFAULT_ROOT, kind: Optional[str] = None) -> Artifact:
+    """The most recent export under ``root`` (by its manifest's ``created`` time).
+
+    Callers should tell the user which one was picked (:meth:`Artifact.summary`).
+    """
+    found = find_artifacts(root, kind)
+    if not found:
+        what = f"{kind} artifact" if kind else "artifact"
+        raise ArtifactError(f"no {what} found under {root}/",
+                            "run `dyt-edge export CKPT"
+                            + (f" --format {kind}" if kind else "") + "` first, or pass a path")
+    return found[0]
+
+
+def resolve_artifact(path: Optional[PathLike] = None, kind: Optional[str] = None,
+                     root: PathLike = DEFAULT_ROOT) -> tuple[Artifact, bool]:
+    """The artifact at ``path``, or the latest one under ``root`` when ``path`` is None.
+
+    Returns ``(artifact, picked)``; ``picked`` is True when it was chosen automatically, so the
+    caller can say so ("using the most recent export: ...").
+    """
+    if path is not None:
+        art = load_artifact(path)
+        if kind is not None:
+            art.file(kind)  # raises a clear error when the kind is missing
+        return art, False
+    return find_latest_artifact(root, kind), True
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview, list]) -> int:
+    """Write ``data`` (bytes, or a list of byte chunks) to a temporary name beside ``path``,
+    fsync, then ``os.replace`` it into place. Returns the size written."""
+    target = Path(path)
+    chunks = data if isinstance(data, list) else [data]
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    size = 0
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; use the user's umask
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return size
+
+
+def write_manifest(directory: PathLike, manifest: Mapping[str, Any]) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def check_output_dir(target: PathLike) -> Path:
+    """Refuse an output directory we must not (or cannot) replace, before any work is done.
+
+    Allowed: a path that does not exist (its parents are created), an empty directory, or a
+    directory holding a dyt-edge manifest (a previous export, replaced as a whole).
+    """
+    t = Path(target)
+    if t.suffix in (".onnx", ".xml", ".bin", ".json"):
+        raise ArtifactError(f"-o {t} looks like a file name; -o takes a directory",
+                            f"pass -o {t.with_suffix('')} (the model is written inside it)")
+    if t.exists():
+        if not t.is_dir():
+            raise ArtifactError(f"output path {t} exists and is not a directory",
+                                "pass -o with a directory path")
+        if any(t.iterdir()) and not (t / MANIFEST_NAME).is_file():
+            raise ArtifactError(f"output directory {t} is not empty and holds no "
+                                f"{MANIFEST_NAME} (not a dyt-edge artifact); refusing to "
+                                "replace it", "pass -o with a new or empty directory")
+    probe = t
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ArtifactError(f"cannot create {t}: {probe} is a file",
+                            "pass -o with a directory path")
+    parent = probe if probe != t else t.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"output path {t} is not writable ({parent} denies writing)",
+                            "pass -o with a directory you can write to")
+    return t
+
+
+@contextlib.contextmanager
+def staged_directory(target: PathLike) -> Iterator[Path]:
+    """Build an artifact directory beside ``target``, then swap it in.
+
+    Yields an empty staging directory (a hidden sibling of ``target``). When the block exits
+    normally the staging directory replaces ``target``: an existing ``target`` is renamed away,
+    the staging directory renamed into place, then the old one deleted (a crash between the two
+    renames leaves the old artifact under a hidden ``.dyt-edge-retired-*`` name, cleaned up by
+    the next export). When the block raises, the staging directory is deleted, as are any
+    parent directories created for it, and ``target`` is untouched.
+    """
+    t = Path(target)
+    check_output_dir(t)
+    created: list[Path] = []
+    p = t.parent
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    for d in reversed(created):
+        d.mkdir()
+    _cleanup_leftovers(t)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{t.name}-", dir=t.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
+        yield staging
+        retired = None
+        if t.exists():
+            check_output_dir(t)  # still ours? (it may have changed during a long export)
+            retired = t.parent / f"{_RETIRED_PREFIX}{t.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(t, retired)
+        try:
+            os.rename(staging, t)
+        except BaseException:
+            if retired is not None:
+                os.rename(retired, t)
+            raise
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _cleanup_leftovers(target: Path) -> None:
+    """Remove staging / retired siblings a killed export left behind (not a running one's:
+    only those older than an hour)."""
+    import time
+
+    for prefix in (_STAGING_PREFIX, _RETIRED_PREFIX):
+        for d in target.parent.glob(f"{prefix}{target.name}-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - d.stat().st_mtime > 3600:
+                    shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,498 @@
+"""Validation at export: the exported graph against the PyTorch model, the way Optimum does it.
+
+Checks run in a fixed order (output names, shapes and dtypes, then values) over a set of cases,
+every failure is collected, and :meth:`ValidationResult.raise_if_failed` raises one
+:class:`~dyt_edge.exporters.errors.ValidationError` reading ``max diff X (atol Y)``.
+
+Cases (all fp32):
+
+``batch 1`` and ``batch N (mixed counts)``
+    generated images: noise at several scales, flat and smooth images, so the images of one
+    batch activate different numbers of tokens (the counts seen are recorded).
+``no patch token active`` / ``all patch tokens active``
+    the same image with every gate bias overridden to -1e4 / +1e4, in the runtime
+    (``SessionOptions.add_initializer`` for ONNX Runtime, a replaced Constant for OpenVINO) and
+    in PyTorch alike. On a real checkpoint no input can be chosen to do this.
+
+Each case is compared with the PyTorch model in the exported dispatch mode (logits within
+``atol``, gate decisions exactly) and with the dense ``mask`` mode, the exact reference
+(``capacity`` exports: on the images whose active counts fit the capacity; the overflow is
+counted from the ``masks`` output). A gate decision may legitimately flip when its logit is a
+rounding error away from 0 (``|logit| <= tie_atol``): such an image is reported as a near tie
+and left out of the value comparison; any other flip is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Protocol
+
+import numpy as np
+
+from .errors import ValidationError
+
+DEFAULT_ATOL = 1e-4
+TIE_ATOL = 1e-3
+GATE_FORCE = 1e4
+LARGE_BATCH = 8
+OUTPUTS = (("logits", np.float32), ("masks", np.bool_))
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, images: np.ndarray, overrides: Optional[dict[str, float]] = None
+            ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+# -- results ------------------------------------------------------------------------------------
+
+@dataclass
+class CaseResult:
+    name: str
+    batch: int
+    gate_bias: Optional[float]
+    """The value every gate bias was forced to, or None."""
+    max_diff: Optional[float] = None
+    """Logits vs PyTorch in the exported dispatch mode (compared images)."""
+    max_diff_vs_mask: Optional[float] = None
+    """Logits vs PyTorch's dense `mask` mode (images within capacity)."""
+    mask_mismatches: int = 0
+    """Gate decisions that differ from PyTorch."""
+    near_ties: int = 0
+    """Of those, decisions that flipped at |logit| <= tie_atol (their images are left out)."""
+    decisions: int = 0
+    excluded_images: list[int] = field(default_factory=list)
+    active_per_image: list[int] = field(default_factory=list)
+    """Active patch decisions per image, summed over dispatchers (from the runtime's masks)."""
+    overflow_images: int = 0
+    """capacity: images where some dispatcher had more active tokens than slots."""
+    overflow_tokens: int = 0
+    """capacity: active patch tokens that did not fit, summed over images and dispatchers."""
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+    skipped: Optional[str] = None
+    """Why the case was not run (it then neither passes nor fails)."""
+
+
+@dataclass
+class ValidationResult:
+    runtime: str
+    reference: str
+    atol: float
+    passed: bool
+    max_diff: float
+    max_diff_vs_mask: Optional[float]
+    cases: list[CaseResult]
+    failures: list[str]
+    notes: list[str]
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        ran = [c for c in self.cases if not c.skipped]
+        images = sum(c.batch for c in ran)
+        head = "passed" if self.passed else "FAILED"
+        text = (f"{head}: max diff {self.max_diff:.2e} (atol {self.atol:g}) vs {self.reference}"
+                f" on {self.runtime}, {len(ran)} cases, {images} images")
+        if self.max_diff_vs_mask is not None:
+            text += f"; vs dense mask mode {self.max_diff_vs_mask:.2e}"
+        ties = sum(c.near_ties for c in self.cases)
+        if ties:
+            text += f"; {ties} gate decision(s) flipped at a rounding tie"
+        overflow = sum(c.overflow_images for c in self.cases)
+        if any(c.overflow_tokens for c in self.cases) or "capacity" in self.reference:
+            text += f"; capacity overflow in {overflow} image(s)"
+        return text
+
+    def raise_if_failed(self) -> None:
+        if self.passed:
+            return
+        worst = self.failures[0] if self.failures else "unknown failure"
+        diff_failures = [f for f in self.failures if "max diff" in f]
+        if diff_failures:
+            worst = diff_failures[0]
+        more = len(self.failures) - 1
+        raise ValidationError(
+            f"validation on {self.runtime} failed: {worst}"
+            + (f" (+{more} more failure{'s' if more > 1 else ''})" if more > 0 else ""),
+            "the manifest of a --no-validate export shows what was exported; re-run with "
+            "--debug for details", result=self)
+
+
+# -- runners ------------------------------------------------------------------------------------
+
+class OrtRunner:
+    """ONNX Runtime (CPU, fp32) on a ModelProto, serialised bytes or a path.
+
+    ``overrides`` (initializer name -> value) give a session where those initializers are
+    replaced (``SessionOptions.add_initializer``). Such sessions run with graph optimisations
+    off: ONNX Runtime 1.32 fuses the gate's MatMul + Add at every optimisation level above
+    ``ORT_DISABLE_ALL`` before the override applies, and then silently ignores it. (The
+    unforced cases run the fully optimised graph users get; a forced case that shows no effect
+    is reported as a failure, never passed.) One session is kept per set of overrides.
+    """
+
+    def __init__(self, model, *, serialized: Optional[bytes] = None,
+                 threads: Optional[int] = None) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        proto = model if hasattr(model, "SerializeToString") else None
+        if serialized is not None:
+            self._model = serialized
+        elif proto is not None:
+            self._model = proto.SerializeToString()
+        else:
+            self._model = model if isinstance(model, (bytes, bytearray)) else str(model)
+        self._dims = ({t.name: tuple(t.dims) for t in proto.graph.initializer}
+                      if proto is not None else {})
+        self._threads = threads
+        self._sessions: dict[tuple, Any] = {}
+        self._keep: list[Any] = []
+        self.name = f"ONNX Runtime {ort.__version__} CPU"
+
+    @property
+    def serialized(self) -> bytes:
+        """The graph as serialised bytes (reads the file when built from a path)."""
+        if isinstance(self._model, (bytes, bytearray)):
+            return bytes(self._model)
+        return Path(self._model).read_bytes()
+
+    def session(self, overrides: Optional[dict[str, float]] = None):
+        key = tuple(sorted((overrides or {}).items()))
+        if key not in self._sessions:
+            ort = self._ort
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            if self._threads:
+                so.intra_op_num_threads = self._threads
+            if key:
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            for name, value in key:
+                arr = np.full(self._dims.get(name, (1,)), value, np.float32)
+                ortvalue = ort.OrtValue.ortvalue_from_numpy(arr)
+                self._keep.append((arr, ortvalue))  # must outlive the session
+                so.add_initializer(name, ortvalue)
+            self._sessions[key] = ort.InferenceSession(
+                self._model, so, providers=["CPUExecutionProvider"])
+        return self._sessions[key]
+
+    def run(self, images: np.ndarray, overrides: Optional[dict[str, float]] = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        sess = self.session(overrides)
+        names = [o.name for o in sess.get_outputs()]
+        inp = sess.get_inputs()[0].name
+        outs = sess.run(None, {inp: np.ascontiguousarray(images, dtype=np.float32)})
+        by_name = dict(zip(names, outs))
+        return by_name.get("logits", outs[0]), by_name.get("masks", outs[-1])
+
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session().get_outputs()]
+
+    def close(self) -> None:
+        self._sessions.clear()
+        self._keep.clear()
+
+
+class TorchReference:
+    """The PyTorch model as the reference: logits, masks and the raw gate logits.
+
+    Results are memoised per (images, gate bias, mode), so validating a second runtime on the
+    same cases (OpenVINO after ONNX Runtime) does not run the model again."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.mode = model.dispatch_mode
+        self.capacity = model.capacity
+        self._memo: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def run(self, images: np.ndarray, gate_bias: Optional[float] = None,
+            mode: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import hashlib
+
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        key = (hashlib.sha1(images.tobytes()).hexdigest(), images.shape, gate_bias,
+               mode or self.mode, self.model.dispatch_mode, self.model.capacity)
+        if key not in self._memo:
+            self._memo[key] = self._run(images, gate_bias, mode)
+        return self._memo[key]
+
+    def _run(self, images: np.ndarray, gate_bias: Optional[float],
+             mode: Optional[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        model = self.model
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        switch = (model.dispatching(mode) if mode and mode != self.mode
+                  else contextlib.nullcontext())
+        with torch.no_grad(), switch, forced_gates(model, gate_bias), \
+                recorded_gate_logits(model) as gates:
+            logits, masks = model(x, return_masks=True)
+        gate = (torch.stack(gates, dim=1).numpy() if gates
+                else np.zeros(masks.shape, np.float32))
+        return logits.numpy(), masks.numpy(), gate
+
+
+@contextlib.contextmanager
+def forced_gates(model, value: Optional[float]) -> Iterator[None]:
+    """Temporarily set every gate bias of a PyTorch DyT model to ``value`` (None: no change)."""
+    if value is None:
+        yield
+        return
+    import torch
+
+    selects = model.token_selects
+    saved = [ts.mlp_head.bias.detach().clone() for ts in selects]
+    try:
+        with torch.no_grad():
+            for ts in selects:
+                ts.mlp_head.bias.fill_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for ts, b in zip(selects, saved):
+                ts.mlp_head.bias.copy_(b)
+
+
+@contextlib.contextmanager
+def recorded_gate_logits(model) -> Iterator[list]:
+    """Record each gate's fp32 logits [B, P] in call order (= ``masks`` row order)."""
+    records: list = []
+    selects = model.token_selects
+    for ts in selects:
+        original = ts.logits
+
+        def wrapper(x, _original=original):
+            out = _original(x)
+            records.append(out.detach().float())
+            return out
+
+        ts.logits = wrapper  # instance attribute shadows the method
+    try:
+        yield records
+    finally:
+        for ts in selects:
+            ts.__dict__.pop("logits", None)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def generated_images(n: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` normalised images of varied content, so that gates activate different numbers of
+    tokens per image: noise at three scales, flat images, smooth gradients, blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    out = np.empty((n, channels, size, size), np.float32)
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            img = rng.standard_normal((channels, size, size))
+        elif kind == 1:
+            img = 0.3 * rng.standard_normal((channels, size, size))
+        elif kind == 2:
+            img = 2.0 * rng.standard_normal((channels, size, size))
+        elif kind == 3:
+            img = np.broadcast_to(rng.uniform(-1, 1, (channels, 1, 1)), (channels, size, size))
+        elif kind == 4:
+            a, b = rng.uniform(-1, 1, 2)
+            img = np.broadcast_to(a * xx + b * yy, (channels, size, size))
+        else:
+            cx, cy = rng.uniform(-0.5, 0.5, 2)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1)
+            img = (2 * blob - 1)[None] + 0.1 * rng.standard_normal((channels, size, size))
+        out[i] = img
+    return out
+
+
+@dataclass
+class Case:
+    name: str
+    images: np.ndarray
+    gate_bias: Optional[float] = None
+
+
+def make_cases(config, *, static_batch: Optional[int] = None, large_batch: int = LARGE_BATCH,
+               seed: int = 0) -> list[Case]:
+    """The standard cases (see module doc); every case has ``static_batch`` images when the
+    graph's batch is static."""
+    c, s = config.in_chans, config.img_size
+
+    def imgs(n: int, offset: int) -> np.ndarray:
+        return generated_images(n, c, s, seed=seed + offset)
+
+    if static_batch is not None:
+        n = static_batch
+        cases = [Case(f"batch {n}" + (" (mixed counts)" if n > 1 else ""), imgs(n, 1))]
+    else:
+        cases = [Case("batch 1", imgs(1, 0)),
+                 Case(f"batch {large_batch} (mixed counts)", imgs(large_batch, 1))]
+        n = 1  # every image of a forced case activates the same tokens: one is enough
+    cases.append(Case("no patch token active", imgs(n, 2), -GATE_FORCE))
+    cases.append(Case("all patch tokens active", imgs(n, 3), GATE_FORCE))
+    return cases
+
+
+# -- the comparison -----------------------------------------------------------------------------
+
+def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]],
+             atol: float = DEFAULT_ATOL, tie_atol: float = TIE_ATOL,
+             static_batch: Optional[int] = None, large_batch: int = LARGE_BATCH,
+             seed: int = 0, cases: Optional[list[Case]] = None,
+             reference: Optional[TorchReference] = None) -> ValidationResult:
+    """Compare ``runner`` (the exported graph) with the PyTorch ``model`` (see module doc).
+
+    ``gate_biases`` are the runtime's names of the gate-bias initializers in ``masks`` row
+    order (None entries / None: not overridable; the forced-gate cases are then skipped and a
+    note says so). ``reference`` may be shared between validations of the same model.
+    """
+    start = time.perf_counter()
+    cfg = model.config
+    names = cfg.dispatcher_names
+    ref = reference if reference is not None else TorchReference(model)
+    mode = ref.mode
+    slots = np.asarray(model.capacity_slots()) if mode == "capacity" else None
+    notes: list[str] = []
+    failures: list[str] = []
+    cases = cases if cases is not None else make_cases(
+        cfg, static_batch=static_batch, large_batch=large_batch, seed=seed)
+    overridable = bool(gate_biases) and all(gate_biases) and len(gate_biases) == len(names)
+    results: list[CaseResult] = []
+    for case in cases:
+        res = CaseResult(name=case.name, batch=len(case.images), gate_bias=case.gate_bias)
+        results.append(res)
+        overrides = None
+        if case.gate_bias is not None:
+            if not overridable:
+                res.skipped = "the gate biases are not overridable initializers in this graph"
+                notes.append(f"'{case.name}' skipped: gate biases not found as initializers "
+                             "(folded by simplification?)")
+                continue
+            overrides = {n: case.gate_bias for n in gate_biases}  # type: ignore[union-attr]
+        try:
+            logits, masks = runner.run(case.images, overrides)
+        except Exception as exc:  # noqa: BLE001 - a runtime error is a validation failure
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            res.failures.append(f"{case.name}: the runtime failed ({type(exc).__name__}: "
+                                f"{first[:200]})")
+            res.passed = False
+            failures.extend(res.failures)
+            continue
+        r_logits, r_masks, r_gate = ref.run(case.images, case.gate_bias)
+        # 1. shapes and dtypes
+        shape_ok = True
+        for (out_name, dtype), got, want in zip(OUTPUTS, (logits, masks), (r_logits, r_masks)):
+            if got.shape != want.shape or got.dtype != dtype:
+                res.failures.append(f"{case.name}: output '{out_name}' is {got.dtype}"
+                                    f"{list(got.shape)}, expected {np.dtype(dtype)}"
+                                    f"{list(want.shape)}")
+                shape_ok = False
+        if not shape_ok:
+            res.passed = False
+            failures.extend(res.failures)
+            continue
+        # 2. gate decisions, then values
+        res.decisions = int(masks.size)
+        if case.gate_bias is not None and masks.size:
+            forced = masks.all() if case.gate_bias > 0 else not masks.any()
+            if not forced:
+                res.failures.append(
+                    f"{case.name}: forcing every gate bias to {case.gate_bias:g} had no effect in "
+                    f"the runtime ({int(masks.sum())} of {masks.size} decisions active)")
+        res.active_per_image = [int(v) for v in masks.reshape(len(masks), -1).sum(axis=1)]
+        skip_vs_mask: set[int] = set()
+        if slots is not None:
+            over = np.clip(masks.sum(axis=-1) - slots[None, :], 0, None)     # [B, L]
+            res.overflow_tokens = int(over.sum())
+            overflowed = np.nonzero(over.sum(axis=1) > 0)[0]
+            res.overflow_images = int(len(overflowed))
+            skip_vs_mask = set(int(i) for i in overflowed)
+        diff, mism, ties, excluded, fails = _compare(
+            case.name, f"PyTorch ({mode})", logits, masks, r_logits, r_masks, r_gate, names,
+            atol, tie_atol)
+        res.max_diff, res.mask_mismatches, res.near_ties = diff, mism, ties
+        res.excluded_images = excluded
+        res.failures.extend(fails)
+        compare_dense = mode in ("topk", "pack", "capacity") or (
+            mode == "complete" and case.gate_bias is not None and case.gate_bias > 0)
+        if compare_dense:
+            d_logits, d_masks, d_gate = ref.run(case.images, case.gate_bias, mode="mask")
+            diff2, _, _, _, fails2 = _compare(
+                case.name, "PyTorch (mask, the dense reference)", logits, masks, d_logits,
+                d_masks, d_gate, names, atol, tie_atol, skip=skip_vs_mask | set(excluded),
+                check_masks=mode != "complete")
+            res.max_diff_vs_mask = diff2
+            res.failures.extend(fails2)
+        res.passed = not res.failures
+        failures.extend(res.failures)
+    mixed = [c for c in results if "mixed" in c.name and c.active_per_image]
+    for c in mixed:
+        if len(set(c.active_per_image)) < 2:
+            notes.append(f"'{c.name}': every image activated the same number of tokens "
+                         f"({c.active_per_image[0]}); the mixed-count path was not exercised")
+    compared = [c.max_diff for c in results if c.max_diff is not None]
+    dense = [c.max_diff_vs_mask for c in results if c.max_diff_vs_mask is not None]
+    return ValidationResult(
+        runtime=getattr(runner, "name", type(runner).__name__),
+        reference=f"PyTorch ({mode}"
+        + (f", capacity {ref.capacity:g}" if mode == "capacity" else "") + ")",
+        atol=atol, passed=not failures,
+        max_diff=float(max(compared)) if compared else float("nan"),
+        max_diff_vs_mask=float(max(dense)) if dense else None,
+        cases=results, failures=failures, notes=notes,
+        seconds=round(time.perf_counter() - start, 3))
+
+
+def _compare(case: str, against: str, logits, masks, r_logits, r_masks, r_gate, names,
+             atol: float, tie_atol: float, skip: Optional[set[int]] = None,
+             check_masks: bool = True):
+    """(max diff or None when no image was compared, differing decisions, near-tie decisions,
+    excluded images, failures)."""
+    skip = set(skip or ())
+    failures: list[str] = []
+    excluded: list[int] = []
+    ties = 0
+    differ = masks != r_masks
+    mismatches = int(differ.sum()) if check_masks else 0
+    if check_masks and mismatches:
+        for b in range(len(masks)):
+            if b in skip or not differ[b].any():
+                continue
+            first = int(np.nonzero(differ[b].any(axis=-1))[0][0])
+            margin = float(np.abs(r_gate[b, first][differ[b, first]]).max())
+            if margin <= tie_atol:
+                excluded.append(b)
+                ties += int(differ[b, first].sum())
+            else:
+                failures.append(
+                    f"{case}: {int(differ[b].sum())} gate decision(s) of image {b} differ from "
+                    f"{against}, first at {names[first]} (|logit| {margin:.2e} > tie "
+                    f"{tie_atol:g})")
+    keep = [b for b in range(len(logits)) if b not in skip and b not in excluded]
+    if not keep:  # nothing comparable (e.g. every image overflowed the capacity)
+        return None, mismatches, ties, excluded, failures
+    diff = float(np.max(np.abs(logits[keep] - r_logits[keep])))
+    if not diff <= atol:  # NaN fails too
+        failures.append(f"{case}: max diff {diff:.3e} (atol {atol:g}) vs {against}")
+    return diff, mismatches, ties, excluded, failures
+
+
+def check_output_names(names: list[str]) -> None:
+    want = [n for n, _ in OUTPUTS]
+    if names != want:
+        raise ValidationError(f"the graph's outputs are {names}, expected {want}")
+
+
+__all__ = [
+    "Case", "CaseResult", "DEFAULT_ATOL", "OrtRunner", "TIE_ATOL", "TorchReference",
+    "ValidationResult", "forced_gates", "generated_images", "make_cases", "recorded_gate_logits",
+    "validate",
+]
