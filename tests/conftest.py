@@ -34,3 +34,12 @@ def randomize_dyt(model: torch.nn.Module, *, seed: int = 0, gate_std: float = 0.
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread (no spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -220,3 +220,8 @@ def test_debug_shows_traceback(tmp_path):
                           timeout=120)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+
+
+def test_usage_error_exits_2(capsys, published_ckpt):
+    code, _, err = cli(capsys, "inspect", published_ckpt, "--samples", "abc")
+    assert code == 2 and "Traceback" not in err and "unexpected" not in err

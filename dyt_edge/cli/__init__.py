@@ -16,6 +16,15 @@ from typing import Annotated, Optional
 import click
 import typer
 
+# Newer Typer vendors Click: its exception classes are not click's own, so catch both.
+_EXIT: tuple = (click.exceptions.Exit, getattr(typer, "Exit", click.exceptions.Exit))
+_ABORT: tuple = (click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort))
+try:
+    from typer._click.exceptions import ClickException as _TyperClickException
+    _CLICK_ERRORS: tuple = (click.ClickException, _TyperClickException)
+except ImportError:  # pragma: no cover - Typer versions that use click directly
+    _CLICK_ERRORS = (click.ClickException,)
+
 from .._version import __version__
 from ..errors import DytEdgeError
 
@@ -78,11 +87,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         app(args=args, prog_name="dyt-edge", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         return _fail("aborted", 130)
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:
         exc.show()
         return exc.exit_code
     except DytEdgeError as exc:
