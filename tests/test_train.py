@@ -45,6 +45,16 @@ def test_one_epoch_of_every_variant(variant, adapter):
     assert {"note", "start", "step", "epoch", "eval", "done"} <= kinds
 
 
+@pytest.mark.parametrize("augment", ["shift", "affine"])
+def test_augmentations_run_and_keep_the_settings_restored(augment):
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    r = train(tiny_run(augment=augment, pos_embed_init=0.5, attn_init="timm"))
+    assert math.isfinite(r.history[0]["loss"]) and r.config.augment == augment
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
 def test_training_masks_are_straight_through_and_reach_the_gate():
     torch.manual_seed(0)
     model = build_model(tiny_config(variant="attn_mlp")).train()
@@ -144,7 +154,8 @@ def test_timm_architecture_without_download():
     with pytest.raises(ConfigError, match="not a plain ViT"):
         timm_architecture("vit_base_patch16_clip_224")       # pre-norm, QuickGELU-free CLIP
     cfg = resolve(TrainConfig(arch="vit_tiny_patch16_224", img_size=64)).cfg
-    assert (cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.freeze_backbone) == (64, 16, 192, False)
+    assert (cfg.img_size, cfg.patch_size, cfg.embed_dim) == (64, 16, 192)
+    assert cfg.freeze_backbone is False and cfg.pos_embed_init == "timm"
 
 
 def test_bad_configurations_are_one_line_errors(tmp_path):
@@ -152,6 +163,10 @@ def test_bad_configurations_are_one_line_errors(tmp_path):
         resolve(TrainConfig(target_rate=1.5))
     with pytest.raises(ConfigError, match="unknown variant"):
         resolve(TrainConfig(variant="mpl"))
+    with pytest.raises(UsageError, match="position-embedding init"):
+        resolve(TrainConfig(pos_embed_init="random"))
+    with pytest.raises(ConfigError, match="unknown augmentation"):
+        resolve(TrainConfig(augment="flip"))
     with pytest.raises(UsageError, match="epochs must be positive"):
         resolve(TrainConfig(epochs=0))
     with pytest.raises(UsageError, match="safetensors"):

@@ -76,7 +76,8 @@ def train(
     from ..data import data_name
     from ..train import TrainConfig
 
-    out = output if output is not None else Path("runs") / f"{data_name(data)}-{variant}.safetensors"
+    out = (output if output is not None
+           else Path("runs") / f"{data_name(data)}-{variant}.safetensors")
     cfg = TrainConfig(
         data=data, arch=arch, weights=str(weights) if weights is not None else None,
         img_size=img_size, patch_size=patch_size, variant=variant, adapter_kind=adapter,
