@@ -416,3 +416,31 @@ def _load_folder(root: Path, pre: Preprocessing, split: Optional[str], limit: Op
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- which data a model runs on by default ------------------------------------------------------
+
+DEMO_DATA = "digits"
+
+
+def is_demo_model(manifest: dict) -> bool:
+    """True for an artifact of a model ``dyt-edge train`` trained on the embedded digits (the
+    one model for which commands may pick their data themselves)."""
+    training = (manifest.get("source") or {}).get("training") or {}
+    model = manifest.get("model") or {}
+    return (training.get("data") == DEMO_DATA and model.get("img_size") == DIGITS_SIZE
+            and model.get("patch_size") == DIGITS_PATCH)
+
+
+def default_data(manifest: dict, data: Optional[str], *, purpose: str = "this command",
+                 flag: str = "--data") -> str:
+    """``data`` when given; ``digits`` for the demo model; otherwise a clear error (random
+    noise misleads a dispatcher, and calibrating on the wrong images ruins INT8)."""
+    if data is not None:
+        return str(data)
+    if is_demo_model(manifest):
+        return DEMO_DATA
+    raise DataError(f"{flag} is required for {purpose} on this model (only the digits demo "
+                    "model has a default)",
+                    f"pass {flag} with images like the ones it will see: an ImageFolder "
+                    "directory or an .npz")

@@ -139,7 +139,8 @@ def export_checkpoint(checkpoint, output=None, options: Optional[ExportOptions] 
         model.float().eval()
     source = {"path": str(Path(loaded.path).resolve()), "sha256": loaded.sha256,
               "format": loaded.format, "layout": loaded.layout,
-              "provenance": dict(loaded.provenance)}
+              "provenance": dict(loaded.provenance),
+              "training": _training_record(loaded.metadata)}
     return export_model(model, target, opts, source=source, _clock=clock)
 
 
@@ -155,6 +156,21 @@ def export_model(model, output, options: Optional[ExportOptions] = None, *,
     with model.dispatching(opts.dispatch, opts.capacity):
         return _export(model, target, opts, fmt, source or {"path": None, "sha256": None,
                                                               "format": "in-memory"}, clock)
+
+
+def _training_record(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
+    """What ``dyt-edge train`` recorded in the checkpoint (data, variant, target rate, result),
+    or None for checkpoints it did not write."""
+    if "dyt_edge.training" not in metadata:
+        return None
+    try:
+        record = {"config": json.loads(metadata["dyt_edge.training"])}
+        if "dyt_edge.training_result" in metadata:
+            record["result"] = json.loads(metadata["dyt_edge.training_result"])
+    except ValueError:
+        return None
+    record["data"] = record["config"].get("data")
+    return record
 
 
 def expected_dispatch_problems(report, mode: str) -> list[str]:

@@ -1,2 +1,57 @@
-"""Runtimes (installed as ``dyt_edge.runtimes``): one runner per backend behind one interface.
-Not implemented yet: see the runtimes issue."""
+"""Runtimes (installed as ``dyt_edge.runtimes``): one interface, one class per backend.
+
+``open_runtime(target, artifact, options)`` is the entry point; :mod:`.base` documents the
+contract. Backends are imported lazily (only when a runtime of that target is opened), so the
+package and the CLI work without the heavy ones (TensorRT) installed.
+
+=============  =====================  ===========================================
+target         model file             precisions
+=============  =====================  ===========================================
+``pytorch``    the recorded checkpoint  fp32 (+ bf16 autocast)  -- the reference
+``onnxruntime`` ``model.onnx``        fp32 (int8 for Q/DQ models)
+``openvino``   ``model.xml``          fp32, bf16, fp16 (where the CPU has them), int8 (built)
+``tensorrt``   engine                 issue #5
+=============  =====================  ===========================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Optional, Union
+
+from .base import (HINTS, PRECISIONS, RunOutput, Runtime, RuntimeOptions, RuntimeSetupError,
+                   RuntimeUnavailable, canonical_precision)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..artifacts import Artifact
+
+REGISTRY: dict[str, str] = {
+    "pytorch": "dyt_edge.runtimes.torch_runtime:TorchRuntime",
+    "onnxruntime": "dyt_edge.runtimes.ort_runtime:OrtRuntime",
+    "openvino": "dyt_edge.runtimes.openvino_runtime:OpenVinoRuntime",
+    "tensorrt": "dyt_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
+}
+"""target -> "module:Class"."""
+TARGETS = tuple(REGISTRY)
+
+
+def runtime_class(target: str) -> type[Runtime]:
+    from ..config import check_choice
+
+    check_choice("target", target, TARGETS)
+    module, cls = REGISTRY[target].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def open_runtime(target: str, artifact: Union["Artifact", str], 
+                 options: Optional[RuntimeOptions] = None) -> Runtime:
+    """Load ``artifact`` (an :class:`~dyt_edge.artifacts.Artifact` or a path) on ``target``."""
+    from ..artifacts import Artifact, load_artifact
+
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    return runtime_class(target)(art, options)
+
+
+__all__ = ["HINTS", "PRECISIONS", "REGISTRY", "TARGETS", "RunOutput", "Runtime",
+           "RuntimeOptions", "RuntimeSetupError", "RuntimeUnavailable", "canonical_precision",
+           "open_runtime", "runtime_class"]
