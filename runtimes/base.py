@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
@@ -125,6 +126,10 @@ class Runtime(ABC):
     def __init__(self, artifact: Artifact, options: Optional[RuntimeOptions] = None) -> None:
         self.artifact = artifact
         self.options = (options or RuntimeOptions()).checked()
+        # In the order a user can act on: the flags, the backend being installed, the artifact
+        # being one this target runs, then the precision.
+        self.backend = type(self).import_backend()
+        self.check_artifact()
         self.precision = self.resolve_precision(self.options.precision)
         self._load()
 
@@ -148,6 +153,32 @@ class Runtime(ABC):
         """Backend-specific facts (version, device, precision in effect, ...)."""
 
     # -- shared ---------------------------------------------------------------------------------
+    def check_artifact(self) -> None:
+        """Refuse (:class:`RuntimeSetupError`) an artifact this target cannot run: by default,
+        one whose manifest lists no model file of :attr:`kind`. Subclasses add what they know
+        (which command makes the right artifact)."""
+        if self.kind is None:
+            return
+        files = self.artifact.manifest.get("files", {})
+        if self.kind not in files:
+            holds = ", ".join(k for k in files if not k.endswith("_weights")) or "nothing"
+            raise RuntimeSetupError(
+                f"artifact {self.artifact.path} has no {self.kind} model, which --target "
+                f"{self.target} runs (it holds: {holds})",
+                "pass an artifact made for this target, or choose --target to match the artifact")
+
+    def model_file(self, kind: Optional[str] = None) -> Path:
+        """The artifact's model file of ``kind`` (default :attr:`kind`), which must exist."""
+        kind = kind or self.kind
+        info = self.artifact.manifest.get("files", {}).get(kind)
+        if not info or "path" not in info:
+            raise RuntimeSetupError(f"artifact {self.artifact.path} has no {kind} model")
+        path = self.artifact.path / info["path"]
+        if not path.is_file():
+            raise RuntimeSetupError(f"artifact {self.artifact.path} is incomplete: {path.name} "
+                                    "is missing", "re-create it (export or build again)")
+        return path
+
     def resolve_precision(self, requested: Optional[str]) -> str:
         """The precision to run: the request, else the artifact's built precision, else fp32;
         refused (:class:`RuntimeSetupError`) when this runtime or artifact cannot do it."""
@@ -233,3 +264,33 @@ class Runtime(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.target} {self.precision} {self.artifact.path}>"
+
+
+# -- helpers for backends -------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def file_facts(*paths: Path) -> dict[str, Any]:
+    """``model_file`` (the first path) and ``model_bytes`` (all of them together), for
+    :meth:`Runtime.describe`."""
+    size = sum(p.stat().st_size for p in paths if p.is_file())
+    return {"model_file": str(paths[0]), "model_bytes": size,
+            "model_mb": round(size / 1e6, 3)}
+
+
+def as_masks(value: Any) -> np.ndarray:
+    """A backend's masks output (bool, uint8 or float 0/1) as a bool array."""
+    arr = np.asarray(value)
+    return arr if arr.dtype == np.bool_ else arr != 0

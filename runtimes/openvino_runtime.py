@@ -1,0 +1,237 @@
+"""OpenVINO on the CPU: the artifact's ``model.xml`` / ``model.bin``.
+
+Compile settings, all explicit:
+
+* ``INFERENCE_PRECISION_HINT`` is always set: ``f32`` (fp32), ``bf16``, ``f16`` (fp16). Never
+  OpenVINO's silent default, which is bf16 on CPUs that have it and moves logits by ~1e-2 and
+  flips gate decisions. An INT8 IR (``build.precision`` int8: NNCF inserted FakeQuantize ops)
+  runs its quantized MatMuls in int8 whatever the hint; the hint governs the parts left in float
+  (LayerNorm, Softmax, GELU, the dispatch path) and is ``f32`` unless
+  ``RuntimeOptions.extra["inference_precision"]`` names another (``bf16`` / ``f16``).
+* Before compiling, the device's ``OPTIMIZATION_CAPABILITIES`` (FP32, BF16, FP16, INT8, ...)
+  must list the precision asked for, else a :class:`RuntimeSetupError` names the CPU
+  (``FULL_DEVICE_NAME``) and the precisions it does have.
+* ``PERFORMANCE_HINT`` LATENCY / THROUGHPUT from ``hint``; ``NUM_STREAMS`` from ``streams``
+  and ``INFERENCE_NUM_THREADS`` from ``threads`` (unset: the hint decides).
+  ``extra["config"]`` passes further compile properties through.
+* After compiling, ``INFERENCE_PRECISION_HINT``, ``NUM_STREAMS``, ``INFERENCE_NUM_THREADS``,
+  ``PERFORMANCE_HINT`` and ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` are read back and reported by
+  :meth:`describe`; a precision (or stream count) other than the one asked for is an error.
+
+Timing hooks: :meth:`OpenVinoRuntime.prepare` binds the input to one infer request
+(``start_async`` + ``wait``: no input copy, no output conversion); :meth:`throughput` keeps
+``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests in flight on an ``AsyncInferQueue`` (what
+``benchmark_app`` does in throughput mode).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .base import (RunOutput, Runtime, RuntimeSetupError, RuntimeUnavailable, as_masks,
+                   canonical_precision, file_facts)
+
+HINT_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+"""Our precision -> OpenVINO ``INFERENCE_PRECISION_HINT``."""
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
+"""Our precision -> the ``OPTIMIZATION_CAPABILITIES`` entry a device must list."""
+_OURS = {v: k for k, v in HINT_TYPES.items()}
+_PERF_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
+class OpenVinoRuntime(Runtime):
+    target = "openvino"
+    kind = "openvino"
+    precisions = ("fp32", "bf16", "fp16", "int8")
+    install = "pip install openvino"
+
+    @classmethod
+    def import_backend(cls) -> Any:
+        from dyt_edge.exporters.telemetry import disable_openvino_telemetry
+
+        disable_openvino_telemetry()
+        try:
+            import openvino
+        except ImportError as exc:
+            raise RuntimeUnavailable("OpenVINO is not installed", cls.install) from exc
+        return openvino
+
+    def check_artifact(self) -> None:
+        files = self.artifact.manifest.get("files", {})
+        if "openvino" in files:
+            return
+        build = self.artifact.manifest.get("build") or {}
+        path = self.artifact.path
+        if build.get("target") not in (None, "openvino"):
+            raise RuntimeSetupError(
+                f"artifact {path} is a {build.get('target')} build and has no OpenVINO IR",
+                f"pass the export it was built from, e.g. `dyt-edge build --target openvino "
+                f"{(path / build['parent']).resolve() if build.get('parent') else 'EXPORT'}`")
+        raise RuntimeSetupError(
+            f"artifact {path} has no OpenVINO IR",
+            f"run `dyt-edge build --target openvino {path}` or export with --format openvino")
+
+    # -- loading --------------------------------------------------------------------------------
+    def _hint_precision(self) -> str:
+        """The ``INFERENCE_PRECISION_HINT`` value to set (``f32`` / ``bf16`` / ``f16``)."""
+        if self.precision != "int8":
+            return HINT_TYPES[self.precision]
+        asked = self.options.extra.get("inference_precision")
+        float_part = canonical_precision(asked) if asked else "fp32"
+        if float_part not in HINT_TYPES:
+            raise RuntimeSetupError(f"inference_precision {asked} is not a float precision",
+                                    "choose fp32, bf16 or fp16 for the non-quantized parts")
+        return HINT_TYPES[float_part]
+
+    def _load(self) -> None:
+        ov = self.backend
+        opts = self.options
+        self.core = core = ov.Core()
+        self.device = device = opts.device or "CPU"
+        available = list(core.available_devices)
+        if device.split(".")[0].split(":")[0] not in {d.split(".")[0] for d in available}:
+            raise RuntimeSetupError(f"OpenVINO has no device {device!r} here",
+                                    f"available: {', '.join(available) or 'none'}")
+        self.device_name = str(core.get_property(device, "FULL_DEVICE_NAME")).strip()
+        self.capabilities = [str(c) for c in core.get_property(device,
+                                                               "OPTIMIZATION_CAPABILITIES")]
+        hint = self._hint_precision()
+        needed = {CAPABILITY[self.precision]}
+        needed.add(CAPABILITY[_OURS[hint]])
+        missing = sorted(needed - set(self.capabilities))
+        if missing:
+            have = [p for p in self.precisions if CAPABILITY[p] in self.capabilities]
+            raise RuntimeSetupError(
+                f"{device} '{self.device_name}' cannot run {self.precision}"
+                + (f" (with {hint} for the float parts)" if self.precision == "int8" else "")
+                + f": OpenVINO reports its capabilities as {', '.join(self.capabilities)}",
+                f"choose one of: {', '.join(have) or 'none'}")
+
+        self.xml = self.model_file("openvino")
+        weights = self.artifact.manifest.get("files", {}).get("openvino_weights")
+        self.bin = self.model_file("openvino_weights") if weights else self.xml.with_suffix(".bin")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint,
+                                  "PERFORMANCE_HINT": _PERF_HINTS[opts.hint]}
+        if opts.streams is not None:
+            config["NUM_STREAMS"] = str(int(opts.streams))
+        if opts.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(opts.threads)
+        config.update(opts.extra.get("config", {}))
+        self.config = config
+        try:
+            model = core.read_model(str(self.xml))
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for everything
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuntimeSetupError(f"OpenVINO cannot compile {self.xml} for {device} "
+                                    f"({first[:300]})", "re-create the artifact") from exc
+
+        self.in_effect = self._read_back()
+        if self.in_effect["inference_precision"] != hint:
+            raise RuntimeSetupError(
+                f"OpenVINO compiled {self.xml} at {self.in_effect['inference_precision']}, not "
+                f"the {hint} asked for, on {device} '{self.device_name}'",
+                "choose another --precision")
+        if opts.streams is not None and self.in_effect["streams"] != int(opts.streams):
+            raise RuntimeSetupError(f"OpenVINO runs {self.in_effect['streams']} streams, not "
+                                    f"the {opts.streams} asked for", "choose another --streams")
+
+        self._ports: dict[str, int] = {}
+        for i, port in enumerate(self.compiled.outputs):
+            for name in port.get_names():
+                self._ports.setdefault(name, i)
+        if "logits" not in self._ports:
+            raise RuntimeSetupError(f"{self.xml} has no 'logits' output",
+                                    "re-export the model with `dyt-edge export`")
+        self._request = self.compiled.create_infer_request()
+
+    def _read_back(self) -> dict[str, Any]:
+        c = self.compiled
+
+        def prop(name: str) -> Any:
+            try:
+                return c.get_property(name)
+            except Exception:  # noqa: BLE001 - a property this device does not report
+                return None
+
+        precision = prop("INFERENCE_PRECISION_HINT")
+        precision = precision.get_type_name() if hasattr(precision, "get_type_name") \
+            else str(precision)
+        streams = prop("NUM_STREAMS")
+        hint = prop("PERFORMANCE_HINT")
+        return {
+            "inference_precision": precision,
+            "streams": int(streams) if streams is not None else None,
+            "threads": prop("INFERENCE_NUM_THREADS"),
+            "performance_hint": getattr(hint, "name", str(hint)),
+            "optimal_requests": int(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1),
+            "execution_devices": [str(d) for d in (prop("EXECUTION_DEVICES") or [])],
+        }
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, images: np.ndarray) -> RunOutput:
+        x = self.check_batch(images)
+        result = self._request.infer({0: x})  # outputs copied (share_outputs=False)
+        logits = np.asarray(result[self._ports["logits"]], dtype=np.float32)
+        masks = result[self._ports["masks"]] if "masks" in self._ports else None
+        return RunOutput(logits, None if masks is None else as_masks(masks))
+
+    def prepare(self, images: np.ndarray):
+        """A bound infer request: the input set once (shared memory), ``start_async`` +
+        ``wait`` per call (outputs stay in the request)."""
+        ov = self.backend
+        x = self.check_batch(images)
+        request = self.compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+
+        def call() -> None:
+            request.start_async()
+            request.wait()
+
+        call.keep_alive = (x, request)  # type: ignore[attr-defined]
+        return call
+
+    def throughput(self, images: np.ndarray, duration_s: float) -> tuple[int, float]:
+        """``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests on an ``AsyncInferQueue``, every one
+        bound to ``images``, kept busy for ``duration_s``; returns (inferences completed, wall
+        seconds until the last one finished)."""
+        ov = self.backend
+        x = self.check_batch(images)
+        tensor = ov.Tensor(x, shared_memory=True)
+        jobs = max(1, int(self.in_effect["optimal_requests"]))
+        queue = ov.AsyncInferQueue(self.compiled, jobs)
+        for request in queue:
+            request.set_input_tensor(tensor)
+        started = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < duration_s or started == 0:
+            queue.start_async()  # waits for an idle request when all are busy
+            started += 1
+        queue.wait_all()
+        return started, time.perf_counter() - t0
+
+    def _describe(self) -> dict[str, Any]:
+        ov = self.backend
+        e = self.in_effect
+        return {
+            "backend": f"OpenVINO {ov.get_version().split('-')[0]}",
+            "device": f"{self.device} ({self.device_name})",
+            "capabilities": list(self.capabilities),
+            "precision_in_effect": (_OURS.get(e["inference_precision"], e["inference_precision"])
+                                    if self.precision != "int8" else
+                                    f"int8 (float parts {e['inference_precision']})"),
+            "inference_precision_hint": e["inference_precision"],
+            "performance_hint": e["performance_hint"],
+            "threads": e["threads"],
+            "streams": e["streams"],
+            "optimal_requests": e["optimal_requests"],
+            "execution_devices": e["execution_devices"],
+            **file_facts(self.xml, self.bin),
+        }
+
+    def close(self) -> None:
+        for name in ("_request", "compiled", "core"):
+            self.__dict__.pop(name, None)
