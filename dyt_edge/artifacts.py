@@ -157,6 +157,8 @@ def find_artifacts(root: PathLike = DEFAULT_ROOT, kind: Optional[str] = None) ->
             art = Artifact(d, read_manifest(d))
         except ArtifactError:
             continue
+        if art.manifest.get("baseline"):  # bench's complete-model baselines are not exports
+            continue
         if kind is None or kind in art.kinds:
             found.append(art)
     found.sort(key=lambda a: (str(a.manifest.get("created", "")),
