@@ -43,3 +43,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_demo_model(tmp_path_factory):
+    """The digits demo model, trained once per test session with the real recipe (slow tests
+    only): (checkpoint path, TrainResult)."""
+    from dyt_edge.train import TrainConfig, train
+
+    path = tmp_path_factory.mktemp("digits") / "digits-mlp.safetensors"
+    result = train(TrainConfig(threads=2, output=str(path)))
+    return path, result

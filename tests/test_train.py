@@ -229,10 +229,11 @@ def test_cli_train_prints_the_summary_and_next_step(tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.slow
-def test_digits_demo_meets_its_claim():
+def test_digits_demo_meets_its_claim(digits_demo_model):
     """The full digits recipe: >= 95% held-out accuracy at a measured activation of 0.4-0.6,
     with the dispatchers clearly skipping background patches, deterministically."""
-    r = train(TrainConfig(threads=2))
+    path, r = digits_demo_model
+    assert path.is_file()
     print(r.showcase)
     assert r.accuracy >= 0.95, r.summary()
     assert 0.4 <= r.activation_mean <= 0.6, r.summary()

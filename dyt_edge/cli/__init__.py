@@ -62,13 +62,23 @@ def _root(
 
 
 def _register() -> None:
+    from . import bench as bench_cmd
+    from . import build as build_cmd
+    from . import demo as demo_cmd
     from . import export as export_cmd
     from . import inspect as inspect_cmd
     from . import train as train_cmd
+    from . import validate as validate_cmd
+    from . import visualize as visualize_cmd
 
+    app.command("demo")(demo_cmd.demo)
     app.command("train")(train_cmd.train)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("export")(export_cmd.export)
+    app.command("build")(build_cmd.build)
+    app.command("validate")(validate_cmd.validate)
+    app.command("bench")(bench_cmd.bench)
+    app.command("visualize")(visualize_cmd.visualize)
 
 
 _register()

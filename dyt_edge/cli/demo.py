@@ -1,0 +1,84 @@
+"""``dyt-edge demo``: train (or reuse) the digits model, export, build, validate and bench every
+CPU target, and print one summary table. The library is :mod:`dyt_edge.demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+def demo(
+    retrain: Annotated[bool, typer.Option(
+        "--retrain", help="Train the digits model again even when runs/digits-mlp.safetensors "
+        "exists.")] = False,
+    duration: Annotated[float, typer.Option(
+        "--duration", help="Seconds of timing per model and batch size in the benchmarks.")]
+    = 1.5,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", show_default=False, help="Also write the summary to this JSON file.")] = None,
+) -> None:
+    """The whole pipeline on the embedded digits model, in one command.
+
+    Trains the digits demo model (or reuses runs/digits-mlp.safetensors), exports it to
+    dyt-edge-out/digits-mlp/, builds OpenVINO fp32 and INT8 (NNCF, calibrated on digits), then
+    validates every CPU target against PyTorch on the held-out digits and benchmarks it against
+    the complete model on the same runtime and precision. Exit code 1 when a target fails.
+    """
+    from rich.console import Console
+
+    from dyt_edge.demo import run_demo
+    from dyt_edge.errors import UsageError
+
+    if not duration > 0:
+        raise UsageError(f"--duration must be positive, got {duration}")
+    if json_path is not None:
+        from dyt_edge.validate import check_json_path
+
+        json_path = check_json_path(json_path)
+    out, err = Console(width=max(Console().width, 112)), Console(stderr=True)
+    result = run_demo(retrain=retrain, duration=duration, say=lambda m: err.print(m,
+                                                                                   highlight=False))
+    render(result, out)
+    if json_path is not None:
+        import json
+
+        from dyt_edge.artifacts import atomic_write_bytes
+
+        atomic_write_bytes(json_path, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def render(result: Any, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="dyt-edge demo: the digits model on every CPU target",
+                  caption="accuracy on the 360 held-out digits; ms/img at batch 1, img/s and "
+                  "speedup (over the complete model, same runtime and precision) at batch 32")
+    for col, justify in (("target", "left"), ("precision", "left"), ("status", "left"),
+                         ("size MB", "right"), ("accuracy", "right"),
+                         ("delta vs PyTorch", "right"), ("ms/img", "right"),
+                         ("img/s", "right"), ("speedup vs complete", "right")):
+        table.add_column(col, justify=justify, no_wrap=col in ("target", "status"))
+    for r in result.rows:
+        style = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
+        table.add_row(r.target, r.precision, f"[{style}]{r.status}[/]", _fmt(r.size_mb, ".2f"),
+                      _fmt(r.accuracy, ".2f", "%"), _fmt(r.delta, "+.2f", " pt"),
+                      _fmt(r.ms_per_image, ".3f"), _fmt(r.images_per_s, ",.0f"),
+                      _fmt(r.speedup, ".2f", "x"))
+    console.print(table)
+    for r in result.rows:
+        if r.error:
+            console.print(f"[red]{r.target} {r.precision}:[/] {r.error}", highlight=False)
+        elif r.failed_checks:
+            console.print(f"[yellow]{r.target} {r.precision}:[/] failed "
+                          + ", ".join(r.failed_checks), highlight=False)
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
+    console.print(f"{'passed' if result.passed else 'FAILED'} in {result.seconds:.0f} s "
+                  f"({steps})", highlight=False)

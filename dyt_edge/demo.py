@@ -1,0 +1,254 @@
+"""``dyt-edge demo``: the whole pipeline on the embedded digits model, in one command.
+
+Steps (each reuses what is already there and still valid, so a second run is quick):
+
+1. **train** the digits demo model (``dyt-edge train --data digits``), or reuse
+   ``runs/digits-mlp.safetensors`` when ``dyt-edge train`` wrote it from the digits preset;
+2. **export** it to ``dyt-edge-out/digits-mlp/`` (ONNX with TopK / GatherND / ScatterND
+   dispatch, validated in ONNX Runtime);
+3. **build** OpenVINO IR at fp32 and INT8 (NNCF, calibrated on the digits training split);
+4. per target (ONNX Runtime fp32, OpenVINO fp32, OpenVINO INT8, and OpenVINO bf16 where the CPU
+   has it): **validate** against PyTorch on the held-out digits, then **bench** it against the
+   complete model on the same runtime and precision;
+5. print one table: target | precision | status | size MB | accuracy | delta vs PyTorch |
+   ms/img | img/s | speedup vs complete.
+
+A target that fails gets its row (``failed`` with the reason, or ``built, failed validation``)
+and the run goes on; the exit code is 1 when any target did not pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import DytEdgeError
+
+DEFAULT_CHECKPOINT = Path("runs") / "digits-mlp.safetensors"
+DEFAULT_OUT = Path("dyt-edge-out") / "digits-mlp"
+BENCH_BATCHES = (1, 32)
+"""ms/img is reported at batch 1 (latency), img/s and the speedup at batch 32 (throughput)."""
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class TargetRow:
+    target: str
+    precision: str
+    status: str = "failed"
+    """``passed`` | ``built, failed validation`` | ``failed``."""
+    artifact: Optional[str] = None
+    size_mb: Optional[float] = None
+    accuracy: Optional[float] = None
+    """Top-1 on the held-out digits, percent."""
+    reference_accuracy: Optional[float] = None
+    delta: Optional[float] = None
+    """Accuracy minus PyTorch's, points."""
+    agreement: Optional[float] = None
+    """Top-1 agreement with PyTorch, percent."""
+    flips: Optional[float] = None
+    """Gate decisions flipped vs PyTorch, percent."""
+    ms_per_image: Optional[float] = None
+    """Batch-1 mean latency."""
+    images_per_s: Optional[float] = None
+    """Batch-32 throughput."""
+    speedup: Optional[float] = None
+    """Batch-32 throughput over the complete model's (same runtime and precision)."""
+    speedup_b1: Optional[float] = None
+    flops_ratio: Optional[float] = None
+    failed_checks: list[str] = field(default_factory=list)
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DemoResult:
+    checkpoint: str
+    trained: bool
+    export: str
+    rows: list[TargetRow]
+    seconds: float
+    steps: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.status == "passed" for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "trained": self.trained, "export": self.export,
+                "passed": self.passed, "seconds": self.seconds, "steps": self.steps,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def demo_targets(bf16: Optional[bool] = None) -> list[tuple[str, str]]:
+    """(target, precision) pairs the demo runs; bf16 only where the CPU has it (None: ask
+    OpenVINO)."""
+    targets = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")]
+    if bf16 is None:
+        bf16 = _cpu_has("BF16")
+    if bf16:
+        targets.append(("openvino", "bf16"))
+    return targets
+
+
+def _cpu_has(capability: str) -> bool:
+    try:
+        from .exporters.openvino_ir import import_openvino
+
+        ov = import_openvino()
+        return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - no OpenVINO: the openvino rows report it themselves
+        return False
+
+
+def _reusable_checkpoint(path: Path) -> bool:
+    """True when ``path`` is a model ``dyt-edge train`` wrote from the digits data."""
+    if not path.is_file():
+        return False
+    try:
+        from .checkpoint import read_checkpoint
+
+        meta = read_checkpoint(path).metadata
+    except DytEdgeError:
+        return False
+    import json
+
+    try:
+        training = json.loads(meta.get("dyt_edge.training", "{}"))
+    except ValueError:
+        return False
+    return training.get("data") == "digits"
+
+
+def _reusable_export(out: Path, checkpoint: Path) -> bool:
+    from .artifacts import ArtifactError, load_artifact
+    from .checkpoint import file_sha256
+
+    try:
+        art = load_artifact(out)
+    except ArtifactError:
+        return False
+    m = art.manifest
+    return (m.get("source", {}).get("sha256") == file_sha256(checkpoint)
+            and m.get("dispatch", {}).get("mode") == "topk" and "openvino" in art.kinds
+            and bool(m.get("validation", {}).get("passed", True)))
+
+
+def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
+             retrain: bool = False, duration: float = 1.5, warmup: float = 0.3,
+             targets: Optional[list[tuple[str, str]]] = None, say: Optional[Say] = None
+             ) -> DemoResult:
+    """Run the demo; returns its result (the CLI renders it). Raises only when a step every
+    target depends on (training, export) fails."""
+    say = say or (lambda _m: None)
+    start = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    # 1. train or reuse
+    t0 = time.perf_counter()
+    trained = False
+    if retrain or not _reusable_checkpoint(checkpoint):
+        from .train import TrainConfig, train
+
+        say(f"train: the digits demo model -> {checkpoint} (about 2 minutes on 2 cores)")
+        result = train(TrainConfig(data="digits", output=str(checkpoint)))
+        trained = True
+        say(f"train: {result.summary().get('accuracy', 0):.2%} held-out"
+            if isinstance(result.summary().get("accuracy"), float) else "train: done")
+    else:
+        say(f"train: reusing {checkpoint} (pass --retrain to train again)")
+    steps["train"] = time.perf_counter() - t0
+
+    # 2. export
+    t0 = time.perf_counter()
+    from .exporters.pipeline import ExportOptions, export_checkpoint
+
+    if trained or not _reusable_export(out, checkpoint):
+        say(f"export: {checkpoint} -> {out} (ONNX + OpenVINO IR, topk dispatch, validated)")
+        export_checkpoint(checkpoint, out, ExportOptions(format="openvino"))
+    else:
+        say(f"export: reusing {out}")
+    steps["export"] = time.perf_counter() - t0
+
+    from .artifacts import load_artifact
+
+    exported = load_artifact(out)
+    rows = []
+    built: dict = {}
+    for target, precision in (targets or demo_targets()):
+        t0 = time.perf_counter()
+        row = _run_target(exported, target, precision, duration, warmup, say, built)
+        row.seconds = time.perf_counter() - t0
+        steps[f"{target}-{precision}"] = row.seconds
+        rows.append(row)
+    return DemoResult(checkpoint=str(checkpoint), trained=trained, export=str(out), rows=rows,
+                      seconds=time.perf_counter() - start, steps=steps)
+
+
+def _artifact_for(exported, target: str, precision: str, say: Say, built: dict):
+    """The artifact a target runs: the export itself for ONNX Runtime, a build for OpenVINO
+    (bf16 runs the fp32 IR at bf16 inference precision). ``built`` caches builds of this run."""
+    if target == "onnxruntime":
+        return exported
+    from .build import build_artifact
+
+    built_precision = "fp32" if precision == "bf16" else precision
+    key = (target, built_precision)
+    if key not in built:
+        say(f"build: {target} {built_precision}"
+            + (" (NNCF, calibrated on the digits training split)"
+               if built_precision == "int8" else ""))
+        built[key] = build_artifact(exported, target, precision=built_precision,
+                                    calib="digits" if built_precision == "int8" else None
+                                    ).artifact
+    return built[key]
+
+
+def _run_target(exported, target: str, precision: str, duration: float, warmup: float,
+                say: Say, built: dict) -> TargetRow:
+    from .bench import bench_artifact
+    from .validate import validate_artifact
+
+    row = TargetRow(target=target, precision=precision)
+    try:
+        art = _artifact_for(exported, target, precision, say, built)
+        row.artifact = str(art.path)
+        row.size_mb = _model_megabytes(art, target)
+        say(f"validate: {target} {precision}")
+        report = validate_artifact(art, target, precision=precision)
+        m = report.metrics
+        row.accuracy = m.get("target_accuracy_pct")
+        row.reference_accuracy = m.get("reference_accuracy_pct")
+        row.delta = m.get("accuracy_delta_points")
+        row.agreement = m.get("top1_agreement_pct")
+        row.flips = m.get("flip_pct")
+        row.failed_checks = [c.name for c in report.checks if c.status == "fail"]
+        say(f"bench: {target} {precision} vs its complete model, batch "
+            f"{', '.join(map(str, BENCH_BATCHES))}")
+        bench = bench_artifact(art, target, precision=precision, batches=BENCH_BATCHES,
+                               duration=duration, warmup=warmup)
+        b1, b32 = bench.result(BENCH_BATCHES[0]), bench.result(BENCH_BATCHES[-1])
+        row.ms_per_image = b1.dyt.latency.mean / b1.batch
+        row.images_per_s = b32.dyt.images_per_s
+        row.speedup = b32.speedup
+        row.speedup_b1 = b1.speedup
+        row.flops_ratio = b32.flops_ratio
+        row.status = "passed" if report.passed else "built, failed validation"
+    except DytEdgeError as exc:
+        row.error = str(exc)
+        row.status = "built, failed validation" if row.failed_checks else "failed"
+        say(f"[{target} {precision}] {exc}")
+    except Exception as exc:  # noqa: BLE001 - one target failing must not stop the demo
+        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        say(f"[{target} {precision}] unexpected error: {row.error}")
+    return row
+
+
+def _model_megabytes(art, target: str) -> Optional[float]:
+    files = art.manifest.get("files", {})
+    kinds = ("onnx",) if target == "onnxruntime" else ("openvino", "openvino_weights")
+    total = sum(int(files[k].get("bytes", 0)) for k in kinds if k in files)
+    return total / 1e6 if total else None

@@ -1,0 +1,87 @@
+"""`dyt-edge demo`: every CPU target passes on the digits model (slow), and one target failing
+gets its row while the run goes on (fast, on a tiny digits-shaped model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from dyt_edge.checkpoint import save_model
+from dyt_edge.cli import app
+from dyt_edge.demo import TargetRow, run_demo
+from dyt_edge.model import build_model
+
+from .conftest import randomize_dyt, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_model(tmp_path_factory):
+    """A tiny model shaped like the digits demo (32x32, patch 4, 10 classes) whose metadata
+    says `dyt-edge train` made it from digits: commands then default to the digits data."""
+    root = tmp_path_factory.mktemp("demo")
+    model = randomize_dyt(build_model(tiny_config(patch_size=4, num_classes=10, depth=2)),
+                          gate_std=0.5, gate_bias=0.2)
+    path = root / "runs" / "digits-mlp.safetensors"
+    save_model(model, path, metadata={"dyt_edge.training": json.dumps({"data": "digits"})})
+    return path
+
+
+def test_a_failing_target_gets_its_row_and_the_run_goes_on(tiny_digits_model, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "runs" / "digits-mlp.safetensors"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_digits_model, ckpt)
+    messages = []
+    result = run_demo(checkpoint=ckpt, out=tmp_path / "out", duration=0.05, warmup=0.01,
+                      targets=[("onnxruntime", "fp32"), ("tensorrt", "fp16"),
+                               ("openvino", "fp32")], say=messages.append)
+    assert not result.trained and any("reusing" in m for m in messages)
+    ort, trt, ov = result.rows
+    for row in (ort, ov):
+        assert row.status == "passed", row
+        assert row.agreement == 100.0 and row.delta == 0.0 and row.flips == 0.0
+        assert row.images_per_s > 0 and row.speedup > 0 and row.size_mb > 0
+    assert trt.status == "failed" and "tensorrt" in trt.error.lower()
+    assert not result.passed
+    assert json.loads(json.dumps(result.to_dict()))["rows"][1]["status"] == "failed"
+
+
+def test_rows_render_with_every_column(capsys):
+    from rich.console import Console
+
+    from dyt_edge.cli.demo import render
+    from dyt_edge.demo import DemoResult
+
+    rows = [TargetRow("openvino", "int8", "passed", size_mb=0.6, accuracy=95.5, delta=-0.3,
+                      ms_per_image=1.9, images_per_s=920, speedup=1.2),
+            TargetRow("tensorrt", "fp16", "failed", error="TensorRT is not installed")]
+    console = Console(width=140, record=True)
+    render(DemoResult("c", False, "e", rows, 1.0, {"train": 0.5}), console)
+    text = console.export_text()
+    for word in ("target", "precision", "status", "size MB", "accuracy", "delta vs PyTorch",
+                 "ms/img", "img/s", "speedup vs complete", "-0.30 pt", "1.20x", "FAILED"):
+        assert word in text, word
+
+
+@pytest.mark.slow
+def test_demo_passes_every_cpu_target(digits_demo_model, tmp_path, monkeypatch):
+    """The README's main job, end to end: (the digits model trained once per session, as
+    `dyt-edge train` makes it) export, build, validate and bench each CPU target; every target
+    passes and INT8 keeps the accuracy."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    shutil.copy(digits_demo_model[0], tmp_path / "runs" / "digits-mlp.safetensors")
+    result = CliRunner().invoke(app, ["demo", "--duration", "0.3", "--json", "demo.json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert not summary["trained"] and summary["passed"]
+    rows = {(r["target"], r["precision"]): r for r in summary["rows"]}
+    assert {("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")} <= set(rows)
+    assert rows[("onnxruntime", "fp32")]["accuracy"] >= 95.0
+    int8 = rows[("openvino", "int8")]
+    assert int8["delta"] >= -1.0 and int8["agreement"] >= 98.0
+    assert (tmp_path / "dyt-edge-out" / "digits-mlp" / "openvino-int8" / "model.xml").is_file()
