@@ -46,8 +46,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 MANIFEST_NAME = "dyt_edge.json"
 SCHEMA_VERSION = 1
 DEFAULT_ROOT = "dyt-edge-out"
-KINDS = ("onnx", "openvino")
-"""Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin)."""
+KINDS = ("onnx", "openvino", "tensorrt")
+"""Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin,
+``tensorrt_metadata`` the engine's ``engine.json``)."""
 _STAGING_PREFIX = ".dyt-edge-staging-"
 _RETIRED_PREFIX = ".dyt-edge-retired-"
 

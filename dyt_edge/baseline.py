@@ -229,13 +229,22 @@ def _baseline_build(art: Artifact, exported: Artifact, build: dict[str, Any],
         "precision": prec,
         "source_model": ((exported.manifest.get("files") or {}).get("onnx") or {}).get("sha256"),
     }
+    if target == "tensorrt":
+        # the same GPU, batch profile and workspace as the DyT engine (timed the same way)
+        batch = build.get("batch") or {}
+        record["tensorrt"] = {
+            "gpu": (build.get("gpu") or {}).get("profile"),
+            "batch": None if batch.get("static") or not batch else
+            f"{batch['min']}:{batch['opt']}:{batch['max']}",
+            "workspace": build.get("workspace_gib"),
+            "version": (build.get("tensorrt") or {}).get("version")}
     if prec == "int8":
         record["calibration"] = _calibration(build, calib_data, calib_size, calib_seed)
         if not record["calibration"]["data"]:
             raise BaselineError(f"the INT8 build {art.path} records no calibration data, so "
                                 "its complete baseline cannot be calibrated the same way",
                                 NO_BASELINE_HINT)
-    keys = ("version", "target", "precision", "source_model", "calibration")
+    keys = ("version", "target", "precision", "source_model", "calibration", "tensorrt")
     cached = _cached(out, record, keys, None)
     if cached is not None:
         say(f"baseline: using the cached complete {target} {prec} build at {out}")
@@ -245,7 +254,8 @@ def _baseline_build(art: Artifact, exported: Artifact, build: dict[str, Any],
         c = record["calibration"]
         what += f", calibrated on {c['data']} ({c['size']} images, seed {c['seed']})"
     say(f"baseline: building the complete model ({what}, cached at {out}/)")
-    built = _run_build(exported, target, prec, record.get("calibration"), out, progress)
+    built = _run_build(exported, target, prec, record.get("calibration"), out, progress,
+                       record.get("tensorrt"))
     manifest = _plain(built.manifest)
     manifest[BASELINE_KEY] = record
     write_manifest(built.path, manifest)
@@ -254,11 +264,15 @@ def _baseline_build(art: Artifact, exported: Artifact, build: dict[str, Any],
 
 def _run_build(exported: Artifact, target: str, precision: str,
                calibration: Optional[dict[str, Any]], out: Path,
-               progress: Optional[Callable[[str], None]]) -> Artifact:
+               progress: Optional[Callable[[str], None]],
+               tensorrt: Optional[dict[str, Any]] = None) -> Artifact:
     """:func:`dyt_edge.build.build_artifact` applied to the baseline export."""
     from .build import build_artifact
 
     kwargs: dict[str, Any] = {"precision": precision, "output": out, "progress": progress}
+    if tensorrt:
+        kwargs.update(gpu=tensorrt.get("gpu"), batch=tensorrt.get("batch"),
+                      workspace=tensorrt.get("workspace"))
     if calibration:
         kwargs.update(calib=calibration["data"], calib_size=calibration["size"],
                       calib_seed=int(calibration["seed"] or 0))

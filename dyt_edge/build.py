@@ -19,9 +19,11 @@ interrupted build leaves nothing behind. The result is a full artifact directory
       check {...}                   # int8: agreement with the float IR on the calibration images
       tools {dyt_edge, openvino, nncf}, created, timings, notes
 
-Builders are looked up in :data:`BUILDERS` (target -> "module:Class"), so a new target (TensorRT,
-issue #5) plugs in by subclassing :class:`Builder` and adding one line. Heavy libraries are
-imported by the builders, never here.
+Builders are looked up in :data:`BUILDERS` (target -> "module:Class"), so a target plugs in by
+subclassing :class:`Builder` and adding one line (TensorRT: :mod:`dyt_edge.tensorrt_build`, which
+also uses the :meth:`Builder.dirname` / :meth:`Builder.preflight` / :meth:`Builder.plan` hooks
+and the target-only options of :data:`TARGET_FLAGS`). Heavy libraries are imported by the
+builders, never here.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 BUILDERS: dict[str, str] = {
     "openvino": "dyt_edge.build:OpenVinoBuilder",
-    "tensorrt": "dyt_edge.build:TensorRTNotYet",
+    "tensorrt": "dyt_edge.tensorrt_build:TensorRTBuilder",
 }
 """target -> "module:Class" of its :class:`Builder`."""
 TARGETS = tuple(BUILDERS)
+TARGET_FLAGS = {"tensorrt": {"gpu": "--gpu", "batch": "--batch", "workspace": "--workspace",
+                             "timing_cache": "--timing-cache", "dry_run": "--dry-run"}}
+"""Options only one target takes (attribute -> flag): refused by name for the others."""
 
 
 class BuildError(DytEdgeError):
@@ -74,6 +79,15 @@ class BuildOptions:
     accuracy_control: bool = False
     max_drop: Optional[float] = None
     output: Optional[PathLike] = None
+    # TensorRT only (see dyt_edge.tensorrt_build):
+    gpu: Optional[str] = None
+    """``auto`` (default) or a GPU profile name (``t4``, ``v100``, ...)."""
+    batch: Optional[str] = None
+    """The batch optimization profile, ``MIN:OPT:MAX`` (default 1:8:32)."""
+    workspace: Optional[float] = None
+    """Builder workspace limit, GiB (default 4)."""
+    timing_cache: Optional[PathLike] = None
+    dry_run: bool = False
 
     def checked(self) -> "BuildOptions":
         """Normalised options; :class:`UsageError` for anything the command cannot accept."""
@@ -92,6 +106,14 @@ class BuildOptions:
         if self.max_drop is not None and not (0.0 < float(self.max_drop) <= 100.0):
             raise UsageError(f"--max-drop must be in (0, 100] percentage points, got "
                              f"{self.max_drop:g}", "e.g. --max-drop 1 allows a 1-point drop")
+        for target_only, flags in TARGET_FLAGS.items():
+            if target == target_only:
+                continue
+            for attr, flag in flags.items():
+                value = getattr(self, attr)
+                if value is not None and value is not False:
+                    raise UsageError(f"{flag} applies to --target {target_only} only",
+                                     f"drop {flag}, or build with --target {target_only}")
         if self.max_drop is not None and not self.accuracy_control:
             raise UsageError("--max-drop needs --accuracy-control",
                              "add --accuracy-control, or drop --max-drop")
@@ -138,6 +160,10 @@ class BuildContext:
     """A :class:`dyt_edge.calibration.data.CalibrationSet` for int8, else None."""
     progress: Progress = None
     timings: dict[str, float] = field(default_factory=dict)
+    output_dir: Optional[Path] = None
+    """Where the artifact goes (set before :meth:`Builder.preflight`)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Builder-specific state between its hooks (TensorRT: the plan)."""
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -201,24 +227,22 @@ class Builder(ABC):
                              f"{options.precision}",
                              f"choose one of: {', '.join(self.precisions)}")
 
+    def dirname(self, ctx: BuildContext) -> str:
+        """The artifact directory's name under the export (default ``<target>-<precision>``)."""
+        return f"{self.target}-{ctx.options.precision}"
+
+    def preflight(self, ctx: BuildContext) -> None:
+        """Refuse, before the slow steps (calibration, conversion), what this machine cannot
+        build. Default: nothing to check."""
+
+    def plan(self, ctx: BuildContext) -> Any:
+        """What a build would do, without doing it (``--dry-run``)."""
+        raise UsageError(f"--dry-run is not available for --target {self.target}",
+                         "drop --dry-run")
+
     @abstractmethod
     def build(self, ctx: BuildContext, staging: Path) -> BuildOutput:
         """Write the model file(s) into ``staging``."""
-
-
-class TensorRTNotYet(Builder):
-    """The TensorRT slot: engines (FP16, INT8 with explicit Q/DQ) arrive with issue #5."""
-
-    target = "tensorrt"
-    precisions = ("fp32", "fp16", "int8")
-
-    def check(self, options: BuildOptions) -> None:
-        raise BuildError("building TensorRT engines is not available yet: it lands with "
-                         "issue #5, TensorRT engines for T4 and V100",
-                         "build for the CPU meanwhile: dyt-edge build --target openvino")
-
-    def build(self, ctx: BuildContext, staging: Path) -> BuildOutput:  # pragma: no cover
-        raise BuildError("building TensorRT engines is not available yet")
 
 
 def get_builder(target: str) -> Builder:
@@ -497,24 +521,17 @@ def resolve_export(artifact: Union[Artifact, PathLike, None],
     return art, picked
 
 
-def build_artifact(artifact: Union[Artifact, PathLike, None], target: str, *,
-                   precision: Optional[str] = None, calib: Optional[str] = None,
-                   calib_size: Optional[int] = None, calib_seed: int = 0,
-                   accuracy_control: bool = False, max_drop: Optional[float] = None,
-                   output: Optional[PathLike] = None, progress: Progress = None,
-                   root: PathLike = artifacts.DEFAULT_ROOT) -> BuildResult:
-    """Build ``artifact`` (an export; None: the most recent one) for ``target``."""
-    opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
-                        calib_seed=calib_seed, accuracy_control=accuracy_control,
-                        max_drop=max_drop, output=output).checked()
+def _start(artifact: Union[Artifact, PathLike, None], opts: BuildOptions, progress: Progress,
+           root: PathLike) -> tuple[Builder, BuildContext, bool]:
+    """The builder, and its context with the export resolved, its ONNX checked and the output
+    directory decided."""
     builder = get_builder(opts.target)
     builder.check(opts)
     art, picked = resolve_export(artifact, root)
     if picked and progress:
         progress(f"using the most recent export: {art.summary()}")
-    target_dir = Path(opts.output) if opts.output is not None else \
-        art.path / f"{opts.target}-{opts.precision}"
-    _check_target(target_dir, art)
+    if opts.output is not None:
+        _check_target(Path(opts.output), art)
     onnx_path = art.file("onnx")
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} is missing from the export", "re-export the model")
@@ -525,6 +542,41 @@ def build_artifact(artifact: Union[Artifact, PathLike, None], target: str, *,
                             f"the manifest records {want[:12]}...)", "re-export the model")
     ctx = BuildContext(source=art, options=opts, onnx_path=onnx_path, onnx_sha256=sha,
                        progress=progress)
+    target_dir = Path(opts.output) if opts.output is not None else \
+        art.path / builder.dirname(ctx)
+    _check_target(target_dir, art)
+    ctx.output_dir = target_dir
+    return builder, ctx, picked
+
+
+def plan_build(artifact: Union[Artifact, PathLike, None], target: str, *,
+               progress: Progress = None, root: PathLike = artifacts.DEFAULT_ROOT,
+               **options: Any) -> Any:
+    """What ``build_artifact`` would do (``--dry-run``): the builder's plan; nothing is
+    written. ``options`` are :class:`BuildOptions` fields."""
+    opts = BuildOptions(target=target, **{**options, "dry_run": True}).checked()
+    builder, ctx, _ = _start(artifact, opts, progress, root)
+    return builder.plan(ctx)
+
+
+def build_artifact(artifact: Union[Artifact, PathLike, None], target: str, *,
+                   precision: Optional[str] = None, calib: Optional[str] = None,
+                   calib_size: Optional[int] = None, calib_seed: int = 0,
+                   accuracy_control: bool = False, max_drop: Optional[float] = None,
+                   output: Optional[PathLike] = None, progress: Progress = None,
+                   root: PathLike = artifacts.DEFAULT_ROOT, **target_options: Any
+                   ) -> BuildResult:
+    """Build ``artifact`` (an export; None: the most recent one) for ``target``.
+    ``target_options``: the target-only :class:`BuildOptions` fields (TensorRT: ``gpu``,
+    ``batch``, ``workspace``, ``timing_cache``)."""
+    opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
+                        calib_seed=calib_seed, accuracy_control=accuracy_control,
+                        max_drop=max_drop, output=output, **target_options).checked()
+    if opts.dry_run:
+        raise UsageError("build_artifact does not dry-run", "call plan_build")
+    builder, ctx, picked = _start(artifact, opts, progress, root)
+    art, target_dir = ctx.source, ctx.output_dir
+    builder.preflight(ctx)
     if opts.precision in builder.needs_calibration:
         from .calibration.data import load_calibration
         from .data import default_data
@@ -539,7 +591,7 @@ def build_artifact(artifact: Union[Artifact, PathLike, None], target: str, *,
         with artifacts.staged_directory(target_dir) as staging:
             out = builder.build(ctx, staging)
             ctx.timings["total"] = round(sum(ctx.timings.values()), 3)
-            manifest = _manifest(art, opts, out, staging, target_dir, sha, ctx)
+            manifest = _manifest(art, opts, out, staging, target_dir, ctx.onnx_sha256, ctx)
             artifacts.write_manifest(staging, manifest)
     except OSError as exc:
         raise ArtifactError(f"cannot write the build to {target_dir}: {exc.strerror or exc}",

@@ -143,7 +143,7 @@ model was trained against)."""
 MIN_READABLE = 0.5
 """Stop when fewer than this share of the data's files could be read."""
 VALIDATION_TARGETS = ("onnxruntime", "openvino", "tensorrt")
-TARGET_KINDS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": None}
+TARGET_KINDS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 """Which artifact kind the most recent export is looked for, per target."""
 
 Progress = Optional[Callable[[str], None]]

@@ -10,6 +10,12 @@ Modules (heavy ones import torch / onnx / openvino; import them where needed):
 ``simplify``      onnxsim / onnxslim with outputs re-checked
 ``validation``    the exported graph against PyTorch, Optimum-style
 ``openvino_ir``   ONNX -> OpenVINO IR, the OpenVINO CPU runner
+``tensorrt_gpus``   GPU profiles, GPU detection, the installed TensorRT and the guards between
+                  them (torch- and TensorRT-free)
+``tensorrt_plan``   TensorRT build plans: --batch profiles, trtexec lines, engine metadata and
+                  its checks, which dispatch mode to deploy (torch- and TensorRT-free)
+``tensorrt_engine`` the TensorRT calls of the build (strongly typed network, profile, workspace,
+                  timing cache), kept thin
 ``telemetry``     ONNX Runtime's and OpenVINO's telemetry off (done on import of this package)
 """
 

@@ -10,7 +10,7 @@ target         model file             precisions
 ``pytorch``    the recorded checkpoint  fp32 (+ bf16 autocast)  -- the reference
 ``onnxruntime`` ``model.onnx``        fp32 (int8 for Q/DQ models)
 ``openvino``   ``model.xml``          fp32, bf16, fp16 (where the CPU has them), int8 (built)
-``tensorrt``   engine                 issue #5
+``tensorrt``   ``model.engine``       the precision it was built at (fp32, fp16, int8)
 =============  =====================  ===========================================
 """
 

@@ -161,7 +161,8 @@ class Runtime(ABC):
             return
         files = self.artifact.manifest.get("files", {})
         if self.kind not in files:
-            holds = ", ".join(k for k in files if not k.endswith("_weights")) or "nothing"
+            holds = ", ".join(k for k in files
+                              if not k.endswith(("_weights", "_metadata"))) or "nothing"
             raise RuntimeSetupError(
                 f"artifact {self.artifact.path} has no {self.kind} model, which --target "
                 f"{self.target} runs (it holds: {holds})",

@@ -54,7 +54,8 @@ class OrtRuntime(Runtime):
                  if parent else "pass an export directory (`dyt-edge export CKPT`)")
         what = (f"built for {build.get('target', '?')} at {build.get('precision', '?')}"
                 if build else f"format {self.artifact.format}")
-        holds = ", ".join(k for k in files if not k.endswith("_weights")) or "nothing"
+        holds = ", ".join(k for k in files
+                          if not k.endswith(("_weights", "_metadata"))) or "nothing"
         raise RuntimeSetupError(
             f"artifact {self.artifact.path} has no ONNX model for --target onnxruntime "
             f"({what}; it holds: {holds})", where)

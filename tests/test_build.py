@@ -290,7 +290,9 @@ def _bad_setup(case: str, work: Path, tmp: Path, npz: Path) -> tuple[list, tuple
     if case == "no_target":
         return [work], ("--target is required",)
     if case == "tensorrt":
-        return ["-t", "tensorrt", work], ("TensorRT", "issue #5")
+        # no GPU and no TensorRT here (and in CI): the plan goes to stdout, one error line
+        return ["-t", "tensorrt", work], ("cannot build a TensorRT engine here",
+                                          "nothing was written")
     if case == "ac_without_labels":
         return int8 + ["--calib", unlabelled, "--accuracy-control"], ("has no labels",)
     if case == "max_drop_zero":

@@ -508,7 +508,7 @@ def test_tensorrt_present_refuses_honestly(monkeypatch, topk, tmp_path):
         m["build"] = {"target": "tensorrt", "precision": "fp16"}
 
     art = edited(topk.path, tmp_path / "engine", engine)
-    with pytest.raises(RuntimeSetupError, match="not implemented yet .*TensorRT build"):
+    with pytest.raises(RuntimeSetupError, match="incomplete: model.engine is missing"):
         open_runtime("tensorrt", art)
 
 

@@ -1,6 +1,7 @@
 """``dyt-edge build``: an export -> a deployment artifact for a target and precision (OpenVINO
-IR f32 / bf16 / fp16, or NNCF INT8 with the dispatch path kept in float). The library is
-:mod:`dyt_edge.build`."""
+IR f32 / bf16 / fp16, or NNCF INT8 with the dispatch path kept in float; TensorRT engines at
+fp32 / fp16 / int8 for one GPU). The library is :mod:`dyt_edge.build` (TensorRT:
+:mod:`dyt_edge.tensorrt_build`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import typer
 from .options import Json
 
 INT8_PANEL = "INT8 calibration"
+TRT_PANEL = "TensorRT (--target tensorrt)"
 
 
 def build(
@@ -23,12 +25,13 @@ def build(
         "under dyt-edge-out/.", show_default=False)] = None,
     target: Annotated[Optional[str], typer.Option(
         "--target", "-t", show_default=False,
-        help="openvino | tensorrt (TensorRT engines: not yet, issue #5). Required.")] = None,
+        help="openvino | tensorrt. Required.")] = None,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", "-p", show_default=False,
         help="fp32 | fp16 | bf16 | int8. fp16 also stores the weights as fp16 (gates stay "
-        "fp32); int8 quantizes with NNCF, keeping the dispatch path, LayerNorm, Softmax and "
-        "GELU in float. \\[default: fp32]")] = None,
+        "fp32); int8 quantizes (OpenVINO: NNCF; TensorRT: explicit Q/DQ), keeping the "
+        "dispatch path, LayerNorm, Softmax and GELU in float. TensorRT: fp32 | fp16 | int8. "
+        "\\[default: fp32]")] = None,
     calib: Annotated[Optional[str], typer.Option(
         "--calib", show_default=False, rich_help_panel=INT8_PANEL,
         help="Calibration images: an ImageFolder directory, an .npz (images[, labels]) or "
@@ -45,10 +48,32 @@ def build(
         "--max-drop", show_default=False, rich_help_panel=INT8_PANEL,
         help="With --accuracy-control: the largest allowed top-1 drop, in percentage points, "
         "in (0, 100]. \\[default: 1]")] = None,
+    gpu: Annotated[Optional[str], typer.Option(
+        "--gpu", show_default=False, rich_help_panel=TRT_PANEL,
+        help="auto | t4 | v100 | a10 | a2 | a30 | a100 | l4 | l40s | h100 | h200. The GPU the "
+        "engine is for; it must be the one present (engines are not portable), except with "
+        "--dry-run. \\[default: auto (detect)]")] = None,
+    batch: Annotated[Optional[str], typer.Option(
+        "--batch", show_default=False, rich_help_panel=TRT_PANEL,
+        help="Batch optimization profile MIN:OPT:MAX (one number N: N:N:N); kernels are tuned "
+        "for OPT. \\[default: 1:8:32]")] = None,
+    workspace: Annotated[Optional[float], typer.Option(
+        "--workspace", show_default=False, rich_help_panel=TRT_PANEL,
+        help="Builder workspace limit in GiB. \\[default: 4]")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(
+        "--timing-cache", show_default=False, rich_help_panel=TRT_PANEL,
+        help="Timing cache file: loaded when it exists, saved after the build (faster "
+        "rebuilds on the same GPU and TensorRT).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", rich_help_panel=TRT_PANEL,
+        help="Print the plan and build nothing: the ONNX's TensorRT compatibility, GPU and "
+        "TensorRT checks, profile, workspace, conversions, dispatch advice and the "
+        "equivalent trtexec command. Works without a GPU or TensorRT.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", show_default=False,
         help="Artifact directory to write (replaced as a whole). \\[default: <export "
-        "dir>/<target>-<precision>/]")] = None,
+        "dir>/<target>-<precision>/; TensorRT: <export dir>/tensorrt-<gpu>-<precision>/]")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Build a deployment artifact from an export: OpenVINO IR at fp32 / bf16 / fp16, or INT8.
@@ -59,29 +84,44 @@ def build(
     residual adds left in float. Afterwards the INT8 model is compared with the float one on
     the calibration images (top-1 and gate-decision agreement). The result is a full artifact
     directory with its own manifest; validate and bench it like any other.
+
+    TensorRT (--target tensorrt): an engine for one GPU (build it on that GPU), from a strongly
+    typed network parsed from an ONNX with explicit precisions (fp32: the export's; fp16 / int8:
+    converted on the CPU and kept as model.onnx, so ONNX Runtime can validate it). --dry-run
+    prints the plan and the equivalent trtexec command without a GPU or TensorRT.
     """
     from dyt_edge.build import BuildOptions, get_builder
     from dyt_edge.errors import UsageError
 
     if target is None:
         raise UsageError("--target is required", "e.g. --target openvino")
+    trt_options = dict(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache,
+                       dry_run=dry_run)
     opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
                         accuracy_control=accuracy_control, max_drop=max_drop,
-                        output=output).checked()
+                        output=output, **trt_options).checked()
     get_builder(opts.target).check(opts)
 
     from rich.console import Console
 
-    from dyt_edge.build import build_artifact
+    from dyt_edge.build import build_artifact, plan_build
 
     err = Console(stderr=True)
     kwargs: dict[str, Any] = dict(precision=opts.precision, calib=calib, calib_size=calib_size,
                                   accuracy_control=accuracy_control, max_drop=max_drop,
                                   output=output)
+    if opts.target == "tensorrt":
+        kwargs.update(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache)
+    if dry_run:
+        with contextlib.redirect_stdout(sys.stderr):
+            plan = plan_build(artifact, opts.target, progress=err.print, **kwargs)
+        _print_plan(plan, as_json)
+        return
 
     # Progress goes to stderr: a transient spinner (nothing is left behind, so a bad input
     # still ends in exactly one line), then NNCF's own progress bars while it quantizes (NNCF
     # draws them on stdout: redirected to stderr too, so --json output stays clean).
+    blocked = failure = None
     with contextlib.redirect_stdout(sys.stderr), err.status("building") as status:
         stopped = []
 
@@ -99,13 +139,33 @@ def build(
                     status.start()
                     stopped.clear()
 
-        result = build_artifact(artifact, opts.target, progress=progress, **kwargs)
+        try:
+            result = build_artifact(artifact, opts.target, progress=progress, **kwargs)
+        except Exception as error:  # noqa: BLE001 - re-raised below
+            blocked = getattr(error, "plan", None)
+            if blocked is None:
+                raise
+            failure = error
+    if blocked is not None:
+        _print_plan(blocked, as_json)  # what it would have done, then the one-line error
+        raise failure
     if as_json:
         typer.echo(json.dumps({"path": str(result.path), "source": str(result.source.path),
                                "picked": result.picked, "build": result.build}, indent=2,
                               default=str))
         return
     render(result)
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
+        return
+    from rich.console import Console
+
+    from dyt_edge.exporters.tensorrt_plan import render as render_plan
+
+    render_plan(plan, Console(soft_wrap=True))
 
 
 def _size(n: int) -> str:
@@ -123,6 +183,9 @@ def render(result: Any, console=None) -> None:
     console = console or Console()
     m = result.manifest
     b = m["build"]
+    if b["target"] == "tensorrt":
+        render_tensorrt(result, console)
+        return
     size = sum(f["bytes"] for f in m["files"].values())
     console.print(f"[bold green]built[/] {result.path}/  ({b['target']} {b['precision']}, "
                   f"from {result.source.path})")
@@ -180,3 +243,60 @@ def render(result: Any, console=None) -> None:
     data = "" if is_demo_model(m) else " --data DATA"
     console.print(f"next: dyt-edge validate {result.path} --target {b['target']}{data}")
     console.print(f"      dyt-edge bench {result.path} --target {b['target']}{data}")
+
+
+def render_tensorrt(result: Any, console) -> None:
+    from rich.table import Table
+
+    m = result.manifest
+    b = m["build"]
+    e = b["engine"]
+    size = sum(f["bytes"] for f in m["files"].values())
+    console.print(f"[bold green]built[/] {result.path}/  (tensorrt {b['precision']} for "
+                  f"{e['gpu']['name']}, from {result.source.path})")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("engine", f"{e['engine']['file']} ({_size(e['engine']['bytes'])}), TensorRT "
+                  f"{e['tensorrt']['version']} ({e['tensorrt'].get('package') or '?'}), "
+                  f"strongly typed")
+    table.add_row("GPU", f"{e['gpu']['name']} (compute capability "
+                  f"{e['gpu']['compute_capability']}, {e['gpu']['architecture']}): the engine "
+                  "runs on this GPU model and TensorRT version only")
+    p = e["profile"]
+    dims = {k: "x".join(str(d) for d in p[k]) for k in ("min", "opt", "max")}
+    table.add_row("profile", f"static batch {p['min'][0]}" if p.get("static") else
+                  f"{p['input']}: min {dims['min']}, opt {dims['opt']}, max {dims['max']}")
+    table.add_row("graph", f"{b['graph']['source']}; {b['graph']['conversion']}")
+    cal = b.get("calibration")
+    if cal:
+        split = f" ({cal['split']} split)" if cal.get("split") else ""
+        table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
+                      f"(seed {cal['seed']})")
+    check = b.get("check") or {}
+    if check:
+        agree = check.get("top1_agreement_pct")
+        diff = check.get("max_abs_diff")
+        flips = check.get("flip_pct")
+        table.add_row("check", f"{b['precision']} graph vs the export on ONNX Runtime, "
+                      f"{check.get('data')}: top-1 agreement "
+                      f"{'-' if agree is None else f'{agree:.1f}%'}, max logit diff "
+                      f"{'-' if diff is None else f'{diff:.3g}'}, gate decisions flipped "
+                      f"{'-' if flips is None else f'{flips:.2f}%'}")
+    tc = b.get("timing_cache")
+    if tc:
+        table.add_row("timing cache", f"{tc['path']} (loaded {tc['loaded_bytes']} B, saved "
+                      f"{tc['saved_bytes']} B)")
+    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
+                  f"({_size(size)})")
+    table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    from dyt_edge.data import is_demo_model
+
+    data = "" if is_demo_model(m) else " --data DATA"
+    console.print(f"next: dyt-edge validate {result.path} --target tensorrt{data}")
+    console.print(f"      dyt-edge bench {result.path} --target tensorrt{data}")
+    console.print(f"      dyt-edge validate {result.path} --target onnxruntime{data}  (the "
+                  f"{b['precision']} graph, on the CPU)")
