@@ -58,7 +58,8 @@ BUILDERS: dict[str, str] = {
 """target -> "module:Class" of its :class:`Builder`."""
 TARGETS = tuple(BUILDERS)
 TARGET_FLAGS = {"tensorrt": {"gpu": "--gpu", "batch": "--batch", "workspace": "--workspace",
-                             "timing_cache": "--timing-cache", "dry_run": "--dry-run"}}
+                             "timing_cache": "--timing-cache", "dry_run": "--dry-run",
+                             "onnx_only": "--onnx-only"}}
 """Options only one target takes (attribute -> flag): refused by name for the others."""
 
 
@@ -88,6 +89,8 @@ class BuildOptions:
     """Builder workspace limit, GiB (default 4)."""
     timing_cache: Optional[PathLike] = None
     dry_run: bool = False
+    onnx_only: bool = False
+    """Stop before TensorRT: write the converted ONNX (no engine), checkable on ONNX Runtime."""
 
     def checked(self) -> "BuildOptions":
         """Normalised options; :class:`UsageError` for anything the command cannot accept."""
@@ -114,6 +117,9 @@ class BuildOptions:
                 if value is not None and value is not False:
                     raise UsageError(f"{flag} applies to --target {target_only} only",
                                      f"drop {flag}, or build with --target {target_only}")
+        if self.onnx_only and self.dry_run:
+            raise UsageError("--onnx-only and --dry-run do not go together",
+                             "--dry-run writes nothing; --onnx-only writes the converted ONNX")
         if self.max_drop is not None and not self.accuracy_control:
             raise UsageError("--max-drop needs --accuracy-control",
                              "add --accuracy-control, or drop --max-drop")
@@ -568,7 +574,7 @@ def build_artifact(artifact: Union[Artifact, PathLike, None], target: str, *,
                    ) -> BuildResult:
     """Build ``artifact`` (an export; None: the most recent one) for ``target``.
     ``target_options``: the target-only :class:`BuildOptions` fields (TensorRT: ``gpu``,
-    ``batch``, ``workspace``, ``timing_cache``)."""
+    ``batch``, ``workspace``, ``timing_cache``, ``onnx_only``)."""
     opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
                         calib_seed=calib_seed, accuracy_control=accuracy_control,
                         max_drop=max_drop, output=output, **target_options).checked()

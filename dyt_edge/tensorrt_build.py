@@ -21,6 +21,12 @@ The builder (:class:`TensorRTBuilder`) plugs into :mod:`dyt_edge.build`. What it
    as ``model.engine`` with its metadata in ``engine.json`` and in the manifest (``tensorrt``
    section and ``build``).
 
+``--onnx-only`` stops after step 2 and needs neither a GPU nor TensorRT (``--gpu NAME``
+names the target; ``auto`` without a GPU is an error): the artifact holds ``model.onnx`` and the
+manifest, whose ``build`` has ``onnx_only: true``, ``engine: null``, the conversion report, the
+parity check and the trtexec line(s) for building the engine on the target GPU; ``format`` is
+``onnx``, so ``dyt-edge validate DIR --target onnxruntime`` checks it on the CPU.
+
 The artifact (default ``<export>/tensorrt-<gpu>-<precision>/``)::
 
     model.engine   the serialized engine (a plain TensorRT plan: trtexec --loadEngine reads it)
@@ -41,6 +47,7 @@ The artifact (default ``<export>/tensorrt-<gpu>-<precision>/``)::
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -94,9 +101,13 @@ class TensorRTBuilder(Builder):
     def _target(self, ctx: BuildContext) -> dict[str, Any]:
         """The GPU side, resolved once per build: detected GPU, target profile, problems."""
         if "target" not in ctx.extra:
+            opts = ctx.options
             detected = gpus.select_gpu(gpus.detect_gpus())
             profile, problems, warnings = gpus.resolve_target_gpu(
-                ctx.options.gpu, detected, dry_run=ctx.options.dry_run)
+                opts.gpu, detected, dry_run=opts.dry_run or opts.onnx_only)
+            if opts.onnx_only:  # a named GPU need not be here: no engine is built
+                warnings = [re.sub(r"\(dry run: [^)]*\)$", "(--onnx-only: only the ONNX is "
+                                   "written here)", w) for w in warnings]
             ctx.extra["target"] = {"detected": detected, "profile": profile,
                                    "problems": problems, "warnings": warnings}
         return ctx.extra["target"]
@@ -166,12 +177,36 @@ class TensorRTBuilder(Builder):
     def preflight(self, ctx: BuildContext) -> None:
         plan = self.plan(ctx)
         ctx.extra["plan"] = plan
+        if ctx.options.onnx_only:
+            self._preflight_onnx_only(plan)
+            return
         if plan.problems:
             message = "cannot build a TensorRT engine here: " + "; ".join(
                 p.message for p in plan.problems)
             fixes = list(dict.fromkeys(p.fix for p in plan.problems))
             raise TensorRTBuildBlocked(message, "; ".join(fixes) + "; nothing was written "
-                                       "(--dry-run shows the plan)", plan=plan)
+                                       "(--dry-run shows the plan; --onnx-only writes the "
+                                       "converted ONNX for checking on ONNX Runtime)",
+                                       plan=plan)
+
+    @staticmethod
+    def _preflight_onnx_only(plan: tplan.TensorRTPlan) -> None:
+        """``--onnx-only`` needs a target GPU (the artifact is named and planned for it) but no
+        GPU or TensorRT here: what only the engine build needs becomes a note."""
+        if plan.gpu is None:
+            raise TensorRTBuildBlocked(
+                "no NVIDIA GPU found (--gpu auto): --onnx-only needs to know which GPU the "
+                "engine is for", "name it with --gpu, one of: "
+                f"{', '.join(k for k in gpus.GPU_CHOICES if k != gpus.AUTO)} (e.g. --gpu t4 "
+                "--onnx-only); nothing was written")
+        blocking = [p for p in plan.problems if p.kind == "gpu"]
+        if blocking:  # the GPU itself cannot run TensorRT 10 / 11
+            raise TensorRTBuildBlocked("; ".join(p.message for p in blocking),
+                                       "; ".join(dict.fromkeys(p.fix for p in blocking))
+                                       + "; nothing was written")
+        plan.warnings.extend(f"for the engine build: {p.message} ({p.fix})"
+                             for p in plan.problems if p.kind == "version")
+        plan.problems = []  # TensorRT missing here: expected, the engine is built elsewhere
 
     # -- the build ----------------------------------------------------------------------------
     def build(self, ctx: BuildContext, staging: Path) -> BuildOutput:
@@ -179,6 +214,8 @@ class TensorRTBuilder(Builder):
         from .exporters.tensorrt_engine import build_engine
 
         plan: tplan.TensorRTPlan = ctx.extra["plan"]
+        if ctx.options.onnx_only:
+            return self._build_onnx_only(ctx, staging, plan)
         trt = _import_tensorrt()
         onnx_out = staging / tplan.ONNX_FILE
         with ctx.stage("graph"):
@@ -241,6 +278,42 @@ class TensorRTBuilder(Builder):
         return BuildOutput(files={"tensorrt": tplan.ENGINE_FILE, "onnx": tplan.ONNX_FILE,
                                   "tensorrt_metadata": tplan.METADATA_FILE},
                            format="tensorrt", record=record, sections={"tensorrt": meta},
+                           notes=notes)
+
+    def _build_onnx_only(self, ctx: BuildContext, staging: Path, plan: tplan.TensorRTPlan
+                         ) -> BuildOutput:
+        """``--onnx-only``: the graph TensorRT would parse, converted and checked against the
+        export on ONNX Runtime, and the manifest; no TensorRT, no engine."""
+        import onnx
+        import onnxruntime
+
+        with ctx.stage("graph"):
+            graph = self._write_graph(ctx, staging / tplan.ONNX_FILE)
+        commands = {str(m): tplan.shell(c) for m, c in plan.commands().items()}
+        notes = list(plan.warnings)
+        notes.append(f"no engine (--onnx-only): build it on a {plan.gpu.name} with the trtexec "
+                     f"command recorded under build.trtexec, or with `dyt-edge build "
+                     f"{ctx.source.path} --target tensorrt --gpu {plan.gpu.key} --precision "
+                     f"{plan.precision}` there")
+        record = {
+            "onnx_only": True,
+            "gpu": {"profile": plan.gpu.key, **plan.gpu.to_dict()},
+            "detected_gpu": plan.detected.to_dict() if plan.detected else None,
+            "tensorrt": plan.tensorrt.to_dict() if plan.tensorrt else None,
+            "engine": None,
+            "graph": graph,
+            "batch": plan.batch.to_dict(),
+            "workspace_gib": plan.workspace_gib,
+            "timing_cache": {"path": plan.timing_cache} if plan.timing_cache else None,
+            "weights": {"fp32": "f32", "fp16": "f16", "int8": "int8"}[plan.precision],
+            "trtexec": commands,
+            "check": graph.pop("check", None),
+            "tools": {"dyt_edge": __version__, "onnx": onnx.__version__,
+                      "onnxruntime": onnxruntime.__version__},
+        }
+        if "calibration" in graph:
+            record["calibration"] = graph.pop("calibration")
+        return BuildOutput(files={"onnx": tplan.ONNX_FILE}, format="onnx", record=record,
                            notes=notes)
 
     def _write_graph(self, ctx: BuildContext, out: Path) -> dict[str, Any]:

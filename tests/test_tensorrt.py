@@ -380,6 +380,68 @@ def test_without_dry_run_it_fails_cleanly_naming_what_is_missing(capsys, work, b
     assert built_dirs(work) == [] and line
 
 
+def test_the_failure_hint_points_at_onnx_only(capsys, work, bare_machine):
+    code, out, err = cli(capsys, "build", "-t", "tensorrt", work, "--gpu", "t4", "-p", "fp16")
+    one_line_error(code, err, "cannot build a TensorRT engine here", "nothing was written",
+                   "--onnx-only writes the converted ONNX for checking on ONNX Runtime")
+    assert built_dirs(work) == []
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_onnx_only_writes_the_converted_graph_that_validates_on_onnxruntime(
+        capsys, work, bare_machine, tmp_path, precision):
+    """No GPU, no TensorRT: --onnx-only writes model.onnx and the manifest (no engine); ONNX
+    Runtime opens it at its precision and `validate --target onnxruntime` passes."""
+    import onnx
+
+    from dyt_edge.runtimes import open_runtime
+
+    npz = write_npz(tmp_path / "data.npz", 64)
+    calib = ["--calib", npz, "--calib-size", "64"] if precision == "int8" else []
+    code, out, err = cli(capsys, "build", "-t", "tensorrt", work, "--gpu", "t4", "-p",
+                         precision, "--onnx-only", *calib)
+    assert code == 0, err
+    art = work / f"tensorrt-t4-{precision}"
+    assert built_dirs(work) == [art.name]  # nothing else (no staging) left behind
+    assert sorted(p.name for p in art.iterdir()) == ["dyt_edge.json", "model.onnx"]
+    text = " ".join(out.split())
+    assert "ONNX only: no engine" in text and "top-1 agreement" in text
+    assert f"next: dyt-edge validate {art} --target onnxruntime" in text
+    assert f"trtexec --onnx={art}/model.onnx --saveEngine={art}/model.engine" in text
+    m = json.loads((art / MANIFEST_NAME).read_text())
+    b = m["build"]
+    assert b["target"] == "tensorrt" and b["precision"] == precision and b["onnx_only"]
+    assert b["engine"] is None and b["gpu"]["profile"] == "t4" and set(m["files"]) == {"onnx"}
+    assert b["check"]["top1_agreement_pct"] >= 90 and set(b["trtexec"]) == {"10", "11"}
+    assert any("no engine (--onnx-only)" in n for n in b["notes"])
+    assert (precision == "int8") == ("calibration" in b)
+    g = onnx.load(str(art / "model.onnx"))
+    if precision == "int8":
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in g.graph.node}
+    else:
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with open_runtime("onnxruntime", art) as rt:
+        assert rt.precision == precision and rt.run(x).logits.shape == (2, 5)
+    code, out, err = cli(capsys, "validate", art, "-t", "onnxruntime", "--data", npz,
+                         "--samples", "64")
+    assert code == 0, out + err
+    assert f"PASSED onnxruntime {precision}" in " ".join(out.split())
+
+
+def test_onnx_only_needs_a_named_gpu_without_one_and_only_for_tensorrt(capsys, work,
+                                                                       bare_machine):
+    code, out, err = cli(capsys, "build", "-t", "tensorrt", work, "-p", "fp16", "--onnx-only")
+    one_line_error(code, err, "no NVIDIA GPU found (--gpu auto)", "name it with --gpu")
+    code, out, err = cli(capsys, "build", "-t", "openvino", work, "--onnx-only")
+    one_line_error(code, err, "--onnx-only applies to --target tensorrt only")
+    assert code == 2
+    code, out, err = cli(capsys, "build", "-t", "tensorrt", work, "--gpu", "t4", "--onnx-only",
+                         "--dry-run")
+    one_line_error(code, err, "--onnx-only and --dry-run")
+    assert built_dirs(work) == []
+
+
 def test_a_named_gpu_that_is_not_the_one_present_is_refused(capsys, work, monkeypatch,
                                                            fake_trt):
     monkeypatch.setattr(gpus, "detect_gpus", lambda: [T4])
@@ -420,7 +482,8 @@ def test_bad_tensorrt_flags_are_usage_errors(capsys, work, bare_machine, args, n
 def test_tensorrt_flags_are_refused_for_openvino(capsys, work):
     for args, flag in [(["--gpu", "t4"], "--gpu"), (["--dry-run"], "--dry-run"),
                        (["--batch", "1:8:32"], "--batch"), (["--workspace", "2"], "--workspace"),
-                       (["--timing-cache", "x.bin"], "--timing-cache")]:
+                       (["--timing-cache", "x.bin"], "--timing-cache"),
+                       (["--onnx-only"], "--onnx-only")]:
         code, out, err = cli(capsys, "build", "-t", "openvino", work, *args)
         one_line_error(code, err, f"{flag} applies to --target tensorrt only")
         assert code == 2

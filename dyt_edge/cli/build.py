@@ -69,6 +69,12 @@ def build(
         help="Print the plan and build nothing: the ONNX's TensorRT compatibility, GPU and "
         "TensorRT checks, profile, workspace, conversions, dispatch advice and the "
         "equivalent trtexec command. Works without a GPU or TensorRT.")] = False,
+    onnx_only: Annotated[bool, typer.Option(
+        "--onnx-only", rich_help_panel=TRT_PANEL,
+        help="Stop before TensorRT: write the artifact with the converted graph (fp16: FP16, "
+        "int8: calibrated Q/DQ) as model.onnx, its ONNX Runtime parity with the export and the "
+        "trtexec command, but no engine. Works without a GPU or TensorRT (name the GPU with "
+        "--gpu); check it with dyt-edge validate DIR --target onnxruntime.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", show_default=False,
         help="Artifact directory to write (replaced as a whole). \\[default: <export "
@@ -88,7 +94,8 @@ def build(
     TensorRT (--target tensorrt): an engine for one GPU (build it on that GPU), from a strongly
     typed network parsed from an ONNX with explicit precisions (fp32: the export's; fp16 / int8:
     converted on the CPU and kept as model.onnx, so ONNX Runtime can validate it). --dry-run
-    prints the plan and the equivalent trtexec command without a GPU or TensorRT.
+    prints the plan and the equivalent trtexec command without a GPU or TensorRT; --onnx-only
+    writes the converted model.onnx (no engine) without them, to validate on ONNX Runtime.
     """
     from dyt_edge.build import BuildOptions, get_builder
     from dyt_edge.errors import UsageError
@@ -96,7 +103,7 @@ def build(
     if target is None:
         raise UsageError("--target is required", "e.g. --target openvino")
     trt_options = dict(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache,
-                       dry_run=dry_run)
+                       dry_run=dry_run, onnx_only=onnx_only)
     opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
                         accuracy_control=accuracy_control, max_drop=max_drop,
                         output=output, **trt_options).checked()
@@ -112,6 +119,8 @@ def build(
                                   output=output)
     if opts.target == "tensorrt":
         kwargs.update(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache)
+        if onnx_only:
+            kwargs["onnx_only"] = True
     if dry_run:
         with contextlib.redirect_stdout(sys.stderr):
             plan = plan_build(artifact, opts.target, progress=err.print, **kwargs)
@@ -245,11 +254,73 @@ def render(result: Any, console=None) -> None:
     console.print(f"      dyt-edge bench {result.path} --target {b['target']}{data}")
 
 
+def _check_row(b: dict[str, Any]) -> Optional[str]:
+    """The converted graph's ONNX Runtime parity with the export, in one line."""
+    check = b.get("check") or {}
+    if not check:
+        return None
+    agree = check.get("top1_agreement_pct")
+    diff = check.get("max_abs_diff")
+    flips = check.get("flip_pct")
+    return (f"{b['precision']} graph vs the export on ONNX Runtime, {check.get('data')}: top-1 "
+            f"agreement {'-' if agree is None else f'{agree:.1f}%'}, max logit diff "
+            f"{'-' if diff is None else f'{diff:.3g}'}, gate decisions flipped "
+            f"{'-' if flips is None else f'{flips:.2f}%'}")
+
+
+def render_onnx_only(result: Any, console) -> None:
+    """``--onnx-only``: the converted graph, its parity, and how to get the engine."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    m = result.manifest
+    b = m["build"]
+    g = b["gpu"]
+    size = sum(f["bytes"] for f in m["files"].values())
+    console.print(f"[bold green]wrote[/] {result.path}/  (tensorrt {b['precision']} graph for "
+                  f"{g['name']}, ONNX only: no engine; from {result.source.path})")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("graph", escape(f"{b['graph']['source']}; {b['graph']['conversion']}"))
+    problems = b["graph"].get("precision_problems")
+    if problems:
+        table.add_row("precisions", f"[yellow]{len(problems)} problem(s)[/]: "
+                      + escape("; ".join(map(str, problems[:3]))))
+    cal = b.get("calibration")
+    if cal:
+        split = f" ({cal['split']} split)" if cal.get("split") else ""
+        table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
+                      f"(seed {cal['seed']})")
+    row = _check_row(b)
+    if row:
+        table.add_row("check", row)
+    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
+                  f"({_size(size)})")
+    table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    from dyt_edge.data import is_demo_model
+
+    data = "" if is_demo_model(m) else " --data DATA"
+    console.print(f"next: dyt-edge validate {result.path} --target onnxruntime{data}",
+                  soft_wrap=True)
+    console.print(f"engine, on a {g['name']}:")
+    for major, line in b.get("trtexec", {}).items():
+        console.print(f"  TensorRT {major}.x: {escape(line)}", soft_wrap=True)
+    console.print(f"  or: dyt-edge build {result.source.path} --target tensorrt --gpu "
+                  f"{g['profile']} --precision {b['precision']}", soft_wrap=True)
+
+
 def render_tensorrt(result: Any, console) -> None:
     from rich.table import Table
 
     m = result.manifest
     b = m["build"]
+    if b.get("engine") is None:
+        render_onnx_only(result, console)
+        return
     e = b["engine"]
     size = sum(f["bytes"] for f in m["files"].values())
     console.print(f"[bold green]built[/] {result.path}/  (tensorrt {b['precision']} for "
@@ -273,16 +344,9 @@ def render_tensorrt(result: Any, console) -> None:
         split = f" ({cal['split']} split)" if cal.get("split") else ""
         table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
                       f"(seed {cal['seed']})")
-    check = b.get("check") or {}
-    if check:
-        agree = check.get("top1_agreement_pct")
-        diff = check.get("max_abs_diff")
-        flips = check.get("flip_pct")
-        table.add_row("check", f"{b['precision']} graph vs the export on ONNX Runtime, "
-                      f"{check.get('data')}: top-1 agreement "
-                      f"{'-' if agree is None else f'{agree:.1f}%'}, max logit diff "
-                      f"{'-' if diff is None else f'{diff:.3g}'}, gate decisions flipped "
-                      f"{'-' if flips is None else f'{flips:.2f}%'}")
+    row = _check_row(b)
+    if row:
+        table.add_row("check", row)
     tc = b.get("timing_cache")
     if tc:
         table.add_row("timing cache", f"{tc['path']} (loaded {tc['loaded_bytes']} B, saved "
