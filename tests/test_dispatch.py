@@ -234,3 +234,66 @@ def test_torch_export_with_dynamic_batch(variant, mode):
         x = mixed_batch(b, seed=b)
         with torch.no_grad():
             assert (exported(x) - model(x)).abs().max().item() <= ATOL
+
+
+def test_add_to_writes_outputs_at_active_tokens_and_leaves_padding_alone():
+    """Routed.add_to: base + output at the active tokens, base unchanged elsewhere. A padding
+    slot's output (here NaN / inf) must never reach the stream."""
+    from dyt_edge.model.dispatch import gathered, packed, run_dispatched
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, generator=g)
+    base = torch.randn(3, 5, 4, generator=g)
+    mask = torch.tensor([[1, 0, 1, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    scores = torch.where(mask, 1.0, -1.0) + 0.01 * torch.arange(5.0)
+    expected = base + 10 * x * mask.unsqueeze(-1)
+
+    def poison_padding(t, _key_valid):  # 10 * token, but inf/NaN where the token is all-zero
+        return (torch.where(t.abs().sum(-1, keepdim=True) > 0, 10 * t, float("nan")),)
+
+    masked_x = x * mask.unsqueeze(-1)
+    routed = gathered(poison_padding, masked_x, mask, scores, attention=False)
+    assert routed.idx.shape == (3, 4)            # K = the batch maximum (4), so padding exists
+    assert not routed.valid.all()
+    out = routed.add_to(base)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, base + 10 * masked_x)
+    torch.testing.assert_close(packed(poison_padding, masked_x, mask).add_to(base),
+                               base + 10 * masked_x)
+    dense = run_dispatched(lambda t, k: (10 * t,), x, mask, scores, "mask", attention=False)
+    torch.testing.assert_close(dense.add_to(base), expected)
+    complete = run_dispatched(lambda t, k: (10 * t,), x, None, None, "complete",
+                              attention=False)
+    torch.testing.assert_close(complete.add_to(base), base + 10 * x)
+
+
+@pytest.mark.parametrize("mode", ["topk", "pack"])
+def test_int8_openvino_model_of_a_dispatch_graph_compiles_and_runs(tmp_path, mode):
+    """NNCF INT8 of the exported graph must compile on OpenVINO's CPU plugin. (A pack graph
+    that indexed the packed [1, M, C] output with [0] - a Gather with a scalar index after the
+    quantized fc2 - failed there: its low-precision transformations broke the scatter's
+    shapes.)"""
+    import logging
+
+    import numpy as np
+
+    nncf = pytest.importorskip("nncf")
+    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.exporters.pipeline import ExportOptions, export_model
+
+    model = controlled_model("mlp")
+    out = tmp_path / mode
+    export_model(model, out, ExportOptions(format="openvino", dispatch=mode, simplify=False,
+                                           validate=False))
+    ov = import_openvino()
+    core = ov.Core()
+    x = mixed_batch(6).numpy()
+    nncf.set_log_level(logging.ERROR)
+    quantized = nncf.quantize(core.read_model(str(out / "model.xml")),
+                              nncf.Dataset([x[i:i + 1] for i in range(len(x))]),
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(x))
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    compiled = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x)
+    logits = next(v for p, v in result.items() if "logits" in p.get_names())
+    assert logits.shape == (6, model.config.num_classes) and np.isfinite(logits).all()

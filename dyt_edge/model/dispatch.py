@@ -1,15 +1,18 @@
 """Token dispatch: run a sub-block on the tokens a gate activated, in one of five modes.
 
-Each mode is a pure function with the same contract, chosen per block by
-:func:`run_dispatched`:
+Each mode has the same contract, chosen per block by :func:`run_dispatched`:
 
 ``fn(tokens [B, K, C], key_valid [B, K] bool | None) -> tuple of [B, K, C] tensors``
     the sub-block (MLP, attention, or a whole layer). ``key_valid`` is passed only to attention
     sub-blocks, which must attend to valid keys alone (a key-padding mask), so that results do not
-    depend on which other images share the batch.
+    depend on which other images share the batch. (In ``pack`` mode token-wise sub-blocks get the
+    packed ``[M, C]`` matrix instead.)
 
-Every mode returns, per output of ``fn``, a dense ``[B, N, C]`` *delta*: ``fn``'s output at the
-active tokens and exactly zero elsewhere, so a block adds it to its residual stream.
+:func:`run_dispatched` returns a :class:`Routed`: ``fn``'s outputs and where they belong.
+``routed.add_to(base, i)`` is ``base`` plus output ``i`` at the active tokens (and ``base``
+unchanged elsewhere): the block passes the rest of its residual sum as ``base``
+(e.g. ``x + Adapter(x)``), so the gathered outputs are added where they belong and written back
+in one scatter, with no dense zero-filled delta and no extra full-size add.
 
 Modes:
 
@@ -17,18 +20,26 @@ Modes:
 ``mask``      dense computation multiplied by the mask: the exact reference, saves nothing.
 ``topk``      per image, TopK of the gate scores with K = the largest active count in the batch,
               gather [B, K, C], run, scatter back; padding slots contribute nothing. Exports to
-              ONNX TopK / GatherND / ScatterND with a data-dependent K.
+              ONNX TopK / GatherND / ScatterND with a data-dependent K. A batch costs what its
+              busiest image costs (K is the batch maximum).
 ``pack``      the batch flattened and the active tokens packed with ``nonzero`` into one [M, C]
-              tensor (the published code's approach). Token-wise sub-blocks only: attention needs
-              per-image key sets, so attention sub-blocks run as ``topk`` in this mode.
+              tensor (the published code's approach): a batch costs its mean activation, no
+              padding. Token-wise sub-blocks only: attention needs per-image key sets, so
+              attention sub-blocks run as ``topk`` in this mode.
 ``capacity``  like ``topk`` with a static K per layer (exact while the active count fits; beyond
               that the lowest-scoring active tokens are dropped, see :func:`capacity_overflow`).
 
 Token 0 (CLS) is always active. ``mask_full`` / ``scores_full`` below include it.
+
+Exactness of the scatter: ``add_to`` gathers ``base`` at the K slots, adds the outputs where the
+slot holds an active token (``where(valid, base + out, base)``: a padding slot writes back
+``base`` unchanged, whatever its output, even inf or NaN) and scatters the K rows into ``base``.
+The K token indices of an image are distinct (TopK / nonzero), so the scatter is deterministic.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -50,20 +61,52 @@ def full_scores(patch_logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, patch_logits], dim=1)
 
 
-def _zeros_like_tokens(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(x.shape[0], x.shape[1], like.shape[-1], dtype=like.dtype, device=x.device)
+@dataclass
+class Routed:
+    """The outputs of a dispatched sub-block and the token slots they belong to.
+
+    ``kind``: ``dense`` (outputs for every token), ``masked`` (every token, multiplied by
+    ``mask`` [B, N, 1]), ``gathered`` (``[B, K, C]`` at ``(bidx, idx)``, ``valid`` [B, K] telling
+    real slots from padding) or ``packed`` (``[M, C]`` at rows ``flat_idx`` of the flattened
+    ``[B * N, C]`` stream).
+    """
+
+    outs: tuple[torch.Tensor, ...]
+    kind: str
+    mask: Optional[torch.Tensor] = None
+    bidx: Optional[torch.Tensor] = None
+    idx: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
+    flat_idx: Optional[torch.Tensor] = None
+
+    def add_to(self, base: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """``base`` [B, N, C] plus output ``i`` at the active tokens."""
+        out = self.outs[i]
+        if self.kind == "dense":
+            return base + out
+        if self.kind == "masked":
+            return base + out * self.mask.to(out.dtype)
+        if self.kind == "gathered":
+            at = base[self.bidx, self.idx]                                 # GatherND
+            upd = torch.where(self.valid.unsqueeze(-1), at + out, at)
+            return base.index_put((self.bidx, self.idx), upd)              # ScatterND
+        if self.kind == "packed":
+            b, n, c = base.shape
+            flat = base.reshape(b * n, c)
+            upd = flat[self.flat_idx] + out                                # GatherND
+            return flat.index_put((self.flat_idx,), upd).reshape(b, n, c)  # ScatterND
+        raise ValueError(f"unknown routing {self.kind!r}")
 
 
 def dense_masked(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor,
-                 attention: bool) -> tuple[torch.Tensor, ...]:
+                 attention: bool) -> Routed:
     """`mask` mode (and training): the sub-block on every token, multiplied by the mask.
 
     ``mask_full`` may be a float straight-through mask during training; its hard value decides
     which keys attention sees, its gradient flows through the multiplication.
     """
     key_valid = (mask_full > 0.5) if attention else None
-    m = mask_full.unsqueeze(-1)
-    return tuple(out * m.to(out.dtype) for out in fn(x, key_valid))
+    return Routed(tuple(fn(x, key_valid)), "masked", mask=mask_full.unsqueeze(-1))
 
 
 def topk_select(mask_full: torch.Tensor, scores_full: torch.Tensor,
@@ -93,37 +136,32 @@ def topk_select(mask_full: torch.Tensor, scores_full: torch.Tensor,
 
 
 def gathered(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor, scores_full: torch.Tensor,
-             attention: bool, k: Optional[int] = None) -> tuple[torch.Tensor, ...]:
-    """`topk` (``k`` None) and `capacity` (static ``k``) modes: gather, run, scatter."""
+             attention: bool, k: Optional[int] = None) -> Routed:
+    """`topk` (``k`` None) and `capacity` (static ``k``) modes: gather, run (scatter later)."""
     bidx, idx, valid = topk_select(mask_full, scores_full, k)
     tokens = x[bidx, idx]                                   # GatherND
     outs = fn(tokens, valid if attention else None)
-    keep = valid.unsqueeze(-1)
-    deltas = []
-    for out in outs:
-        base = _zeros_like_tokens(x, out)
-        deltas.append(base.index_put((bidx, idx), out * keep.to(out.dtype)))  # ScatterND
-    return tuple(deltas)
+    return Routed(tuple(outs), "gathered", bidx=bidx, idx=idx, valid=valid)
 
 
-def packed(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`pack` mode for token-wise sub-blocks: the active tokens of the whole batch in one row."""
+def packed(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor) -> Routed:
+    """`pack` mode for token-wise sub-blocks: the active tokens of the whole batch in one
+    ``[M, C]`` matrix (token-wise sub-blocks take any leading shape). No ``[1, M, C]`` batch
+    axis: indexing it away (a Gather with a scalar index) after a quantized MatMul trips
+    OpenVINO's low-precision transformations when an INT8 model is compiled."""
     b, n, c = x.shape
     flat_idx = torch.nonzero(mask_full.reshape(-1)).squeeze(-1)        # NonZero
-    tokens = x.reshape(b * n, c)[flat_idx].unsqueeze(0)               # [1, M, C]
-    deltas = []
-    for out in fn(tokens, None):
-        base = torch.zeros(b * n, out.shape[-1], dtype=out.dtype, device=x.device)
-        deltas.append(base.index_put((flat_idx,), out[0]).reshape(b, n, -1))
-    return tuple(deltas)
+    tokens = x.reshape(b * n, c)[flat_idx]                            # [M, C] (GatherND)
+    return Routed(tuple(fn(tokens, None)), "packed", flat_idx=flat_idx)
 
 
 def run_dispatched(fn: SubBlock, x: torch.Tensor, mask_full: Optional[torch.Tensor],
                    scores_full: Optional[torch.Tensor], mode: str, *, attention: bool,
-                   capacity_k: Optional[int] = None) -> tuple[torch.Tensor, ...]:
-    """Apply ``fn`` to the active tokens of ``x`` in ``mode``; return dense deltas."""
+                   capacity_k: Optional[int] = None) -> Routed:
+    """Apply ``fn`` to the active tokens of ``x`` in ``mode``; add its outputs to a residual
+    stream with :meth:`Routed.add_to`."""
     if mode == "complete":
-        return fn(x, None)
+        return Routed(tuple(fn(x, None)), "dense")
     if mask_full is None or scores_full is None:
         raise ValueError(f"dispatch mode {mode!r} needs the gate's mask and scores")
     if mode == "mask":

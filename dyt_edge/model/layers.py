@@ -148,6 +148,24 @@ class MoEAdapter(Adapter):
         return self._out(up)
 
 
+def _mlp_residual(routed, x: torch.Tensor, adapted: torch.Tensor, i: int) -> torch.Tensor:
+    """``x + MLP(x) [at the active tokens] + Adapter(x)``.
+
+    Dense modes (``mask``, used in training, and ``complete``) add in the order
+    ``x + mlp + adapter``, the order the published code and every trained dyt-edge model used:
+    float addition is not associative, and a different order changes a training run's result
+    (the digits demo loses half a point). Gathered and packed modes add ``mlp`` into
+    ``x + adapter`` at the active tokens only (:meth:`~.dispatch.Routed.add_to`: one scatter,
+    no dense zero-filled delta); they match ``mask`` to float rounding, as the tests check.
+    """
+    if routed.kind in ("dense", "masked"):
+        out = routed.outs[i]
+        if routed.kind == "masked":
+            out = out * routed.mask.to(out.dtype)
+        return x + out + adapted
+    return routed.add_to(x + adapted, i)
+
+
 class DyTBlock(nn.Module):
     """A pre-norm ViT block with an adapter and token dispatchers (timm ``block_fn``).
 
@@ -219,36 +237,41 @@ class DyTBlock(nn.Module):
         return patch_mask, full_mask(patch_mask), full_scores(logits)
 
     def _run(self, fn, x, select: TokenSelect, attention: bool, want_mask: bool):
+        """Gate and dispatch ``fn`` on ``x``: (:class:`~.dispatch.Routed`, patch mask)."""
         mode = self.dispatch_mode
         if self.training and mode != "complete":
             mode = "mask"  # straight-through masks need the dense path
         need = mode != "complete" or want_mask
         patch_mask, mfull, scores = self._gate(select, x, need)
-        deltas = run_dispatched(fn, x, mfull, scores, mode, attention=attention,
+        routed = run_dispatched(fn, x, mfull, scores, mode, attention=attention,
                                 capacity_k=self.capacity_k)
-        return deltas, patch_mask
+        return routed, patch_mask
 
     def forward(self, x: torch.Tensor, want_mask: bool = False):
-        """x [B, N, C] -> (x, masks [B, sites, P] or None)."""
+        """x [B, N, C] -> (x, masks [B, sites, P] or None).
+
+        A dispatched sub-block's outputs are added into the rest of the residual sum
+        (:meth:`~.dispatch.Routed.add_to`): ``x + Adapter(x)`` for the MLP, ``x`` for attention.
+        """
         masks = []
         if self.variant == "layer":
-            (da, dm), m = self._run(self._layer_fn, x, self.layer_token_select, True, want_mask)
+            routed, m = self._run(self._layer_fn, x, self.layer_token_select, True, want_mask)
             masks.append(m)
-            x = x + da
-            x = x + dm + self.adaptmlp(x)
+            x = routed.add_to(x, 0)                       # x + attn
+            x = _mlp_residual(routed, x, self.adaptmlp(x), 1)
         else:
             if self.variant in ("attn", "attn_mlp"):
-                (da,), m = self._run(self._attn_fn, x, self.attn_token_select, True, want_mask)
+                routed, m = self._run(self._attn_fn, x, self.attn_token_select, True, want_mask)
                 masks.append(m)
-                x = x + da
+                x = routed.add_to(x)
             else:
                 x = x + self.attn(self.norm1(x))
             if self.variant in ("mlp", "attn_mlp"):
-                (dm,), m = self._run(self._mlp_fn, x, self.mlp_token_select, False, want_mask)
+                routed, m = self._run(self._mlp_fn, x, self.mlp_token_select, False, want_mask)
                 masks.append(m)
+                x = _mlp_residual(routed, x, self.adaptmlp(x), 0)
             else:
-                dm = self.mlp(self.norm2(x))
-            x = x + dm + self.adaptmlp(x)
+                x = x + self.mlp(self.norm2(x)) + self.adaptmlp(x)
         if any(m is None for m in masks):
             return x, None
         return x, torch.stack(masks, dim=1)
