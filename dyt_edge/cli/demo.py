@@ -59,7 +59,7 @@ def render(result: Any, console: Any) -> None:
     from rich.table import Table
 
     table = Table(title="dyt-edge demo: the digits model on every CPU target",
-                  caption="accuracy on the 360 held-out digits; ms/img at batch 1, img/s and "
+                  caption="accuracy on the 359 held-out digits; ms/img at batch 1, img/s and "
                   "speedup (over the complete model, same runtime and precision) at batch 32")
     for col, justify in (("target", "left"), ("precision", "left"), ("status", "left"),
                          ("size MB", "right"), ("accuracy", "right"),

@@ -1,0 +1,507 @@
+"""What token dispatch costs on CPU runtimes: DyT graphs against the complete graph, side by side.
+
+The model is the ViT-B/16-shaped DyT of ``export_vitb.py`` (random weights, no download; adapters
+of bottleneck 64; the gate biases are calibrated so that about ``r`` of the patch tokens of
+generated images are active in every layer, see :func:`export_vitb.calibrated_vitb`). It is
+exported once per dispatch mode (``complete``, ``topk``, ``pack``, ``capacity``) with the
+exporter the CLI uses; each activation rate ``r`` then only changes the gate biases in the
+exported graph (OpenVINO: :func:`set_gate_biases` on the read model; ONNX Runtime: the pinned
+gate-bias initializers), so every rate runs the very same graph. ``r = 1.0`` opens every gate
+(bias +1e4).
+
+Throughput is measured interleaved: for each runtime, batch size and rate, every model runs a
+short chunk in turn (the order rotating per round), for several rounds, so that a change in the
+machine's load (2 shared cores) hits all models alike. Each round gives a paired ratio
+(model img/s / complete img/s); the table shows the median ratio over rounds and the median img/s.
+
+The FLOPs ratio (:mod:`dyt_edge.flops`, complete / DyT) is computed at the activation measured
+on the benchmark images: at the mean rate per layer ("ideal", what ``pack`` pays), at the batch
+maximum per layer ("padded": ``topk`` runs K = the largest active count of the batch), and at
+the capacity ("capacity": a static K). Efficiency = speedup / ideal FLOPs ratio.
+
+    python benchmarks/dispatch_cost.py [--rates 0.5,1.0] [--batches 1,32]
+        [--modes topk,pack,capacity] [--runtimes openvino,onnxruntime] [--capacity 0.7]
+        [--int8 [--int8-modes topk,pack]] [--rounds 5] [--chunk 1.5]
+        [--work DIR] [--reuse] [--simplify] [--profile] [--json PATH]
+
+Takes several minutes on 2 cores (each ViT-B export ~40 s; ``--reuse`` keeps the exports in
+``--work`` between runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+OPEN_BIAS = 1.0e4
+"""Gate bias that opens every gate (r = 1.0)."""
+
+
+# -- the model and its gate biases ---------------------------------------------------------------
+
+def gate_biases(rates: list[float], seed: int = 0) -> dict[float, dict[str, float]]:
+    """Per rate, the calibrated bias of every dispatcher (same weights for every rate)."""
+    import torch
+
+    from export_vitb import calibrated_vitb
+
+    out = {}
+    names = None
+    for r in rates:
+        if r >= 1.0:
+            continue
+        model = calibrated_vitb("mlp", r, seed=seed)
+        names = model.config.dispatcher_names
+        out[r] = {n: float(ts.mlp_head.bias.detach()[0])
+                  for n, ts in zip(names, model.token_selects)}
+        del model
+    for r in rates:
+        if r >= 1.0:
+            if names is None:
+                from dyt_edge.config import DyTConfig
+                names = DyTConfig(variant="mlp", num_classes=1000).dispatcher_names
+            out[r] = {n: OPEN_BIAS for n in names}
+    torch.set_num_threads(os.cpu_count() or 1)
+    return out
+
+
+def export_modes(modes: list[str], work: Path, capacity: float, simplify: bool, reuse: bool,
+                 log) -> dict[str, Path]:
+    """Export the calibrated (r = 0.5) model once per dispatch mode, format openvino."""
+    from dyt_edge.artifacts import load_artifact
+    from dyt_edge.exporters.pipeline import ExportOptions, export_model
+    from export_vitb import calibrated_vitb
+
+    paths = {}
+    model = None
+    for mode in modes:
+        path = work / mode
+        cap = capacity if mode == "capacity" else None
+        if reuse and (path / "dyt_edge.json").exists():
+            art = load_artifact(path)
+            d = art.manifest["dispatch"]
+            if d["mode"] == mode and d.get("capacity") == cap:
+                log(f"reusing the {mode} export in {path}")
+                paths[mode] = path
+                continue
+        if model is None:
+            model = calibrated_vitb("mlp", 0.5)
+        t0 = time.perf_counter()
+        export_model(model, path, ExportOptions(format="openvino", dispatch=mode, capacity=cap,
+                                                simplify=simplify, validate=False),
+                     source={"path": None, "sha256": None,
+                             "format": "random ViT-B/16 (benchmarks/dispatch_cost.py)"})
+        log(f"exported {mode} in {time.perf_counter() - t0:.0f} s -> {path}")
+        paths[mode] = path
+    return paths
+
+
+# -- runners --------------------------------------------------------------------------------------
+
+class OvModel:
+    """An OpenVINO CPU compiled model with one infer request; f32 unless ``hint`` says."""
+
+    def __init__(self, core, model, hint: str = "f32", profile: bool = False) -> None:
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if profile:
+            config["PERF_COUNT"] = True
+        self.compiled = core.compile_model(model, "CPU", config)
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        got = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
+        if got != hint:
+            raise RuntimeError(f"OpenVINO compiled with {got}, asked for {hint}")
+        self.request = self.compiled.create_infer_request()
+        self.masks_port = next(o for o in self.compiled.outputs if "masks" in o.get_names())
+
+    def __call__(self, x):
+        self.request.infer({0: x}, share_inputs=True)
+        return self.request.get_tensor(self.masks_port).data
+
+    def profile(self) -> dict[str, float]:
+        """Microseconds per op type for the last inference."""
+        out: dict[str, float] = {}
+        for p in self.request.profiling_info:
+            if p.status.name != "EXECUTED":
+                continue
+            out[p.node_type] = out.get(p.node_type, 0.0) + p.real_time.total_seconds() * 1e6
+        return out
+
+    def profile_nodes(self) -> list[tuple[str, str, float]]:
+        return [(p.node_name, p.node_type, p.real_time.total_seconds() * 1e6)
+                for p in self.request.profiling_info if p.status.name == "EXECUTED"]
+
+
+class OrtModel:
+    def __init__(self, onnx_bytes: bytes) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x):
+        out = self.session.run(None, {"images": x})
+        return out[self.names.index("masks")]
+
+
+def openvino_models(paths, biases, hint="f32", profile=False):
+    """(mode, rate) -> OvModel."""
+    from dyt_edge.artifacts import load_artifact
+    from dyt_edge.exporters.openvino_ir import import_openvino, set_gate_biases
+
+    ov = import_openvino()
+    core = ov.Core()
+    out = {}
+    for mode, path in paths.items():
+        art = load_artifact(path)
+        names = art.manifest["dispatch"]["dispatchers"]
+        for r, values in biases.items():
+            model = core.read_model(str(path / "model.xml"))
+            missing = set_gate_biases(model, names, {n: [values[n]] for n in names})
+            if missing:
+                raise RuntimeError(f"{mode}: gate Add not found for {missing[:3]}")
+            out[mode, r] = OvModel(core, model, hint, profile)
+    return out
+
+
+def ort_models(paths, biases):
+    import onnx
+
+    from dyt_edge.artifacts import load_artifact
+    from dyt_edge.exporters.torch_onnx import set_initializer
+
+    import numpy as np
+
+    out = {}
+    for mode, path in paths.items():
+        art = load_artifact(path)
+        disp = art.manifest["graph_report"]["dispatchers"]
+        proto = onnx.load(str(path / "model.onnx"))
+        for r, values in biases.items():
+            for d in disp:
+                if not d.get("gate_bias"):
+                    raise RuntimeError(f"{mode}: {d['name']} has no gate-bias initializer")
+                set_initializer(proto, d["gate_bias"], np.array([values[d["name"]]], np.float32))
+            out[mode, r] = OrtModel(proto.SerializeToString())
+    return out
+
+
+def int8_model(path: Path, bias: dict[str, float], images, log):
+    """NNCF INT8 (TRANSFORMER) of the IR at ``path`` with ``bias``; gate and dispatch path kept
+    in float (calibration.scope when available, else the gate MatMuls and dispatch ops)."""
+    import logging
+
+    import nncf
+    import numpy as np
+
+    nncf.set_log_level(logging.ERROR)
+
+    from dyt_edge.artifacts import load_artifact
+    from dyt_edge.exporters.openvino_ir import import_openvino, set_gate_biases
+
+    ov = import_openvino()
+    core = ov.Core()
+    names = load_artifact(path).manifest["dispatch"]["dispatchers"]
+    model = core.read_model(str(path / "model.xml"))
+    set_gate_biases(model, names, {n: [bias[n]] for n in names})
+    try:
+        from dyt_edge.calibration.scope import openvino_float_scope
+
+        scope = openvino_float_scope(model, names)
+        ignored = scope.nncf_ignored_scope(validate=False)
+        log(f"INT8: float scope from calibration.scope: {scope.counts()}")
+    except Exception as exc:  # noqa: BLE001 - the scope module is another helper's work
+        keep = [op.get_friendly_name() for op in model.get_ops()
+                if "/gate/" in op.get_friendly_name() or "/dispatch/" in op.get_friendly_name()]
+        ignored = nncf.IgnoredScope(names=keep, types=["TopK", "GatherND", "ScatterNDUpdate",
+                                                       "NonZero"], validate=False)
+        log(f"INT8: calibration.scope unavailable ({exc}); ignoring {len(keep)} named nodes")
+    data = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
+    t0 = time.perf_counter()
+    q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER,
+                      subset_size=len(images), ignored_scope=ignored)
+    log(f"INT8: quantized in {time.perf_counter() - t0:.0f} s")
+    return q
+
+
+# -- measurement ----------------------------------------------------------------------------------
+
+def interleaved(models: dict, batches: list, rounds: int, chunk_s: float, warmup: int = 32):
+    """Round-robin chunks over ``models`` (name -> callable(x)): per round and model, img/s of
+    wall time and of process CPU time (all threads; robust to other processes' load).
+
+    Each chunk runs whole inferences until ``chunk_s`` has passed (at least one); inputs cycle
+    over ``batches``. Before timing, every model runs up to ``warmup`` of the batches once (a
+    data-dependent K is a new shape for the runtime the first time it is seen).
+    """
+    for fn in models.values():
+        for x in batches[:warmup]:
+            fn(x)
+    names = list(models)
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    pos = {n: 0 for n in names}
+    for rnd in range(rounds):
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        for n in order:
+            fn = models[n]
+            done = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            while True:
+                x = batches[pos[n] % len(batches)]
+                pos[n] += 1
+                fn(x)
+                done += x.shape[0]
+                el = time.perf_counter() - t0
+                if el >= chunk_s:
+                    break
+            wall[n].append(done / el)
+            cpu[n].append(done / max(time.process_time() - c0, 1e-9))
+    return wall, cpu
+
+
+def summarize(measured, reference: str) -> dict:
+    wall, cpu = measured
+    out = {}
+    for n, rs in wall.items():
+        ratios = [a / b for a, b in zip(rs, wall[reference])]
+        cpu_ratio = sum(1 / v for v in cpu[reference]) / sum(1 / v for v in cpu[n])
+        out[n] = {"img_s": statistics.median(rs), "img_s_rounds": [round(v, 3) for v in rs],
+                  "speedup": statistics.median(ratios),
+                  "speedup_min": min(ratios), "speedup_max": max(ratios),
+                  "cpu_img_s": len(cpu[n]) / sum(1 / v for v in cpu[n]),
+                  "cpu_speedup": cpu_ratio}
+    return out
+
+
+def activation_stats(masks_list, cfg, capacity_slots=None) -> dict:
+    """Masks [B, L, P] of batches -> measured activation and FLOPs ratios."""
+    import numpy as np
+
+    from dyt_edge.flops import model_flops
+
+    masks = np.concatenate([np.asarray(m, bool) for m in masks_list])
+    p = masks.shape[2]
+    mean_rates = masks.mean(axis=(0, 2))
+    counts = masks.sum(axis=2)                                   # [N, L]
+    padded = np.mean([c.max(axis=0) for c in
+                      (np.asarray(m, bool).sum(axis=2) for m in masks_list)], axis=0) / p
+    complete = model_flops(cfg, None).total
+    res = {"mean": float(mean_rates.mean()), "per_layer": [round(float(v), 3) for v in mean_rates],
+           "per_image_active_min": int(counts.min()), "per_image_active_max": int(counts.max()),
+           "batch_max_rate_per_layer": [round(float(v), 3) for v in padded],
+           "flops_ratio": complete / model_flops(cfg, [float(v) for v in mean_rates]).total,
+           "flops_ratio_padded": complete / model_flops(cfg, [float(min(v, 1.0))
+                                                            for v in padded]).total}
+    if capacity_slots:
+        res["flops_ratio_capacity"] = complete / model_flops(cfg, capacity_slots / p).total
+        res["capacity_overflow_images"] = int((counts > capacity_slots).any(axis=1).sum())
+    return res
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="0.5,1.0")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--modes", default="topk,pack,capacity")
+    parser.add_argument("--runtimes", default="openvino,onnxruntime")
+    parser.add_argument("--capacity", type=float, default=0.7,
+                        help="capacity mode's fraction of patch tokens (default 0.7)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also NNCF INT8 of the --int8-modes graphs at the first rate, "
+                             "against f32 complete")
+    parser.add_argument("--int8-modes", default="topk,pack")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk", type=float, default=1.5, help="seconds per chunk")
+    parser.add_argument("--images", type=int, default=64, help="benchmark images (generated)")
+    parser.add_argument("--work", default=None, help="export directory (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true", help="reuse exports found in --work")
+    parser.add_argument("--simplify", action="store_true", help="simplify the exports")
+    parser.add_argument("--profile", action="store_true",
+                        help="OpenVINO per-op-type profile of every model (PERF_COUNT)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import dyt_edge.exporters  # noqa: F401 - disables telemetry before ORT / OpenVINO load
+    from dyt_edge.config import DyTConfig
+    from dyt_edge.exporters.validation import generated_images
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    rates = [float(r) for r in args.rates.split(",")]
+    batch_sizes = [int(b) for b in args.batches.split(",")]
+    modes = ["complete"] + [m for m in args.modes.split(",") if m and m != "complete"]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    cfg = DyTConfig(variant="mlp", num_classes=1000, adapter_dim=64, adapter_scale=0.1)
+    slots = cfg.capacity_slots(args.capacity)
+
+    tmp = None
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="dyt-edge-dispatch-")
+        work = Path(tmp.name)
+    log("calibrating gate biases")
+    biases = gate_biases(rates)
+    paths = export_modes(modes, work, args.capacity, args.simplify, args.reuse, log)
+
+    images = generated_images(args.images, 3, 224, seed=2024)
+    from dyt_edge.artifacts import load_artifact
+
+    exports = {}
+    for mode, path in paths.items():
+        manifest = load_artifact(path).manifest
+        exports[mode] = {"path": str(path), "nodes": manifest["graph_report"]["nodes"],
+                         "dispatch_ops": manifest["graph_report"]["dispatch_ops"],
+                         "simplify": (manifest.get("simplify") or {}).get("tool"),
+                         "created": manifest.get("created")}
+    record = {"model": "ViT-B/16 DyT (mlp), random weights, gate biases calibrated to r on "
+                       "generated images (r = 1.0: every gate open)",
+              "modes": modes, "capacity": args.capacity, "capacity_slots": slots,
+              "rates": rates, "batches": batch_sizes, "rounds": args.rounds, "exports": exports,
+              "chunk_s": args.chunk, "results": [], "activation": {}, "profiles": {},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "loadavg_start": os.getloadavg()}}
+
+    for runtime in runtimes:
+        log(f"{runtime}: compiling {len(modes) * len(rates)} models")
+        if runtime == "openvino":
+            import openvino
+
+            record["machine"]["openvino"] = openvino.__version__
+            models = openvino_models(paths, biases, profile=args.profile)
+        else:
+            import onnxruntime
+
+            record["machine"]["onnxruntime"] = onnxruntime.__version__
+            models = ort_models(paths, biases)
+        for r in rates:
+            # activation on the benchmark images, from the topk (or first DyT) graph
+            probe = next(((m, r) for m in modes if m != "complete"), None)
+            for b in batch_sizes:
+                batches = [np.ascontiguousarray(images[i:i + b])
+                           for i in range(0, len(images) - b + 1, b)]
+                if probe:
+                    masks = [np.array(models[probe](x)) for x in batches]
+                    act = activation_stats(masks, cfg, slots)
+                    record["activation"][f"{runtime} r={r} batch={b}"] = act
+                group = {m: models[m, r] for m in modes}
+                log(f"{runtime} r={r} batch={b}: {len(group)} models x {args.rounds} rounds")
+                load = os.getloadavg()[0]
+                res = summarize(interleaved(group, batches, args.rounds, args.chunk), "complete")
+                for m, v in res.items():
+                    row = {"runtime": runtime, "precision": "f32", "rate": r, "batch": b,
+                           "mode": m, "loadavg": load, **v}
+                    if probe:
+                        row["flops_ratio"] = act["flops_ratio"]
+                        row["flops_ratio_padded"] = act["flops_ratio_padded"]
+                        row["efficiency"] = v["speedup"] / act["flops_ratio"]
+                        # what this mode computes: topk pads to the batch maximum, capacity
+                        # to its static K, pack computes the active tokens alone
+                        own = {"topk": act["flops_ratio_padded"],
+                               "capacity": act.get("flops_ratio_capacity")}.get(
+                                   m, act["flops_ratio"] if m != "complete" else 1.0)
+                        row["flops_ratio_own"] = own
+                        row["efficiency_own"] = v["speedup"] / own if own else None
+                    record["results"].append(row)
+                    print(f"  {m:<9} {v['img_s']:7.2f} img/s  speedup {v['speedup']:.3f} "
+                          f"[{v['speedup_min']:.3f}, {v['speedup_max']:.3f}]  CPU-time speedup "
+                          f"{v['cpu_speedup']:.3f}", flush=True)
+                if probe:
+                    print(f"  activation mean {act['mean']:.3f}, per-image active "
+                          f"{act['per_image_active_min']}..{act['per_image_active_max']} of "
+                          f"{cfg.num_patches}; FLOPs ratio {act['flops_ratio']:.3f} (ideal), "
+                          f"{act['flops_ratio_padded']:.3f} (batch max), "
+                          f"{act.get('flops_ratio_capacity', float('nan')):.3f} (capacity)",
+                          flush=True)
+                if args.profile and runtime == "openvino":
+                    for m in modes:
+                        fn = models[m, r]
+                        fn(batches[0])
+                        prof = fn.profile()
+                        record["profiles"][f"r={r} batch={b} {m}"] = prof
+                        top = sorted(prof.items(), key=lambda kv: -kv[1])[:8]
+                        total = sum(prof.values())
+                        print(f"  profile {m}: total {total / 1e3:.1f} ms; " + ", ".join(
+                            f"{k} {v / 1e3:.1f}" for k, v in top), flush=True)
+        if args.int8 and runtime == "openvino":
+            from dyt_edge.exporters.openvino_ir import import_openvino
+
+            r = rates[0]
+            qmodels = {}
+            for dyt_mode in [m for m in args.int8_modes.split(",") if m in paths]:
+                log(f"INT8: quantizing the {dyt_mode} graph at r={r}")
+                q = int8_model(paths[dyt_mode], biases[r], images[:32], log)
+                qm = OvModel(import_openvino().Core(), q, "f32")
+                f32 = models[dyt_mode, r]
+                agree = [float(np.mean(np.array(qm(images[i:i + 1]))
+                                       == np.array(f32(images[i:i + 1]))))
+                         for i in range(min(16, len(images)))]
+                record.setdefault("int8_gate_agreement", {})[dyt_mode] = float(np.mean(agree))
+                log(f"INT8 {dyt_mode}: gate decisions equal to f32 on {np.mean(agree):.2%} of "
+                    "(image, layer, patch) on 16 images")
+                qmodels[f"{dyt_mode} int8"] = qm
+            for b in batch_sizes:
+                batches = [np.ascontiguousarray(images[i:i + b])
+                           for i in range(0, len(images) - b + 1, b)]
+                act = record["activation"].get(f"openvino r={r} batch={b}")
+                group = {"complete": models["complete", r], **qmodels}
+                log(f"INT8 r={r} batch={b}: {len(group)} models x {args.rounds} rounds")
+                load = os.getloadavg()[0]
+                res = summarize(interleaved(group, batches, args.rounds, args.chunk), "complete")
+                for m, v in res.items():
+                    print(f"  {m:<12} {v['img_s']:7.2f} img/s  speedup {v['speedup']:.3f}  "
+                          f"CPU-time speedup {v['cpu_speedup']:.3f}", flush=True)
+                    if m == "complete":
+                        continue
+                    row = {"runtime": "openvino", "rate": r, "batch": b, "precision": "int8",
+                           "mode": m, "loadavg": load, **v}
+                    if act:
+                        row["flops_ratio"] = act["flops_ratio"]
+                        row["flops_ratio_padded"] = act["flops_ratio_padded"]
+                        row["efficiency"] = v["speedup"] / act["flops_ratio"]
+                    record["results"].append(row)
+            del qmodels
+        del models
+
+    record["machine"]["loadavg_end"] = os.getloadavg()
+    print()
+    print(f"{'runtime':<12}{'prec':<6}{'r':>5}{'batch':>6}  {'mode':<14}{'img/s':>8}"
+          f"{'speedup':>9}{'cpu-sp':>8}{'FLOPs':>7}{'padded':>7}{'eff':>6}{'eff-own':>8}"
+          f"{'load':>6}")
+    for row in record["results"]:
+        print(f"{row['runtime']:<12}{row['precision']:<6}{row['rate']:>5}{row['batch']:>6}  "
+              f"{row['mode']:<14}{row['img_s']:>8.2f}{row['speedup']:>9.3f}"
+              f"{row['cpu_speedup']:>8.3f}"
+              + (f"{row['flops_ratio']:>7.3f}{row['flops_ratio_padded']:>7.3f}"
+                 f"{row['efficiency']:>6.2f}" if "flops_ratio" in row else "")
+              + (f"{row['efficiency_own']:>8.2f}" if row.get("efficiency_own") else " " * 8)
+              + f"{row['loadavg']:>6.1f}")
+    print("speedup: median over rounds of the paired wall-clock ratio to complete; cpu-sp: the "
+          "same from process CPU time; FLOPs: complete / DyT at the mean activation (padded: at "
+          "the per-batch maximum, what topk computes); eff = speedup / FLOPs; eff-own = speedup / "
+          "the FLOPs ratio of what the mode computes (topk: padded, capacity: its K, pack: FLOPs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
