@@ -135,10 +135,10 @@ class Runtime(ABC):
 
     # -- to implement ---------------------------------------------------------------------------
     @classmethod
+    @abstractmethod
     def import_backend(cls) -> Any:
         """Import and return the backend module, or raise :class:`RuntimeUnavailable` with
         :attr:`install`."""
-        raise NotImplementedError
 
     @abstractmethod
     def _load(self) -> None:

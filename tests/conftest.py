@@ -54,3 +54,26 @@ def digits_demo_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("digits") / "digits-mlp.safetensors"
     result = train(TrainConfig(threads=2, output=str(path)))
     return path, result
+
+
+# -- the command line, as users run it ----------------------------------------------------------
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``dyt-edge ARGS`` in-process: (exit code, stdout, stderr)."""
+    from dyt_edge.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    """A failure reported as one ``error: ...`` line holding every needle, with no traceback;
+    returns the line."""
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

@@ -12,25 +12,9 @@ import numpy as np
 import pytest
 
 from dyt_edge.artifacts import MANIFEST_NAME, load_artifact
-from dyt_edge.cli import main
 
 from .test_calibration import NAMES, tiny_export, write_folder, write_npz
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+from .conftest import assert_one_line_error, cli
 
 
 def leftovers(directory: Path) -> list[str]:

@@ -12,25 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyt_edge.cli import main
 from dyt_edge.model import build_model
 
-from .conftest import randomize_dyt, tiny_config
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
 
 
 @pytest.fixture

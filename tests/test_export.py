@@ -20,46 +20,15 @@ import pytest
 import torch
 
 from dyt_edge import artifacts
+from dyt_edge.cli import main
 from dyt_edge.config import VARIANTS
 from dyt_edge.model import build_model
 
-from .conftest import randomize_dyt, tiny_config
+from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
 from .test_dispatch import mixed_batch
 
 ATOL = 1e-4
 BATCHES = (1, 2, 7, 32)
-
-
-# -- driving the CLI ----------------------------------------------------------------------------
-
-def _cli_main():
-    """`dyt_edge.cli.main`, with `export` registered on its app if the CLI does not register
-    it yet (until `dyt_edge/cli/__init__.py` `_register()` does)."""
-    import dyt_edge.cli as cli
-
-    names = {c.name or (c.callback.__name__ if c.callback else "")
-             for c in cli.app.registered_commands}
-    if "export" not in names:
-        from dyt_edge.cli.export import export
-
-        cli.app.command("export")(export)
-    return cli.main
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = _cli_main()([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -140,7 +109,7 @@ class Export:
         self.ckpt = (published_checkpoint(tmp / f"{name}.pth", model) if published
                      else saved(tmp, model, name))
         self.out = tmp / "out" / name
-        code = _cli_main()(["export", str(self.ckpt), "-o", str(self.out), *extra])
+        code = main(["export", str(self.ckpt), "-o", str(self.out), *extra])
         self.code = code
         self.manifest = json.loads((self.out / artifacts.MANIFEST_NAME).read_text()) \
             if code == 0 else None

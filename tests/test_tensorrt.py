@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from dyt_edge.artifacts import MANIFEST_NAME, load_artifact
-from dyt_edge.cli import main
 from dyt_edge.errors import UsageError
 from dyt_edge.exporters import tensorrt_gpus as gpus
 from dyt_edge.exporters import tensorrt_plan as tplan
@@ -27,27 +26,12 @@ from dyt_edge.exporters.tensorrt_gpus import (GPUS, DetectedGpu, TensorRTInstall
                                               check_compatibility, resolve_target_gpu)
 
 from .test_calibration import NAMES, tiny_export, write_npz
+from .conftest import assert_one_line_error as one_line_error, cli
 
 T4 = DetectedGpu(0, "Tesla T4", (7, 5), 15360, "CUDA 12.4", "test")
 V100 = DetectedGpu(0, "Tesla V100-SXM2-16GB", (7, 0), 16384, "CUDA 12.4", "test")
 A10 = DetectedGpu(0, "NVIDIA A10G", (8, 6), 23028, "CUDA 12.4", "test")
 A2 = DetectedGpu(0, "NVIDIA A2", (8, 6), 15356, "CUDA 12.4", "test")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def built_dirs(export: Path) -> list[str]:

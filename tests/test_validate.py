@@ -23,29 +23,12 @@ from dyt_edge.runtimes.ort_runtime import OrtRuntime
 from dyt_edge.validate import (PRECISION_THRESHOLDS, Thresholds, compare_outputs, make_checks,
                                validate_artifact)
 
-from .conftest import randomize_dyt, tiny_config
+from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
 
 SAMPLES = 48
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from dyt_edge.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 class SkewedOrt(OrtRuntime):

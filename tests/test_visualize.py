@@ -20,27 +20,9 @@ from dyt_edge.model import build_model
 from dyt_edge.plots import bench_series, highlight_tokens, plot_bench
 from dyt_edge.visualize import FIGURE_FILES, choose_shown, visualize
 
-from .conftest import randomize_dyt, tiny_config
+from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
 
 FIGURES = ("activation_rates.png", "tokens.png", "activation_map.png")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from dyt_edge.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def assert_png(path: Path, min_w: int = 200, min_h: int = 150) -> tuple[int, int]:
