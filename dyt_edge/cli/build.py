@@ -268,6 +268,25 @@ def _check_row(b: dict[str, Any]) -> Optional[str]:
             f"{'-' if flips is None else f'{flips:.2f}%'}")
 
 
+def _calibration_and_check_rows(table: Any, b: dict[str, Any]) -> None:
+    """TensorRT builds (engine or --onnx-only): calibration data and the ONNX Runtime check."""
+    cal = b.get("calibration")
+    if cal:
+        split = f" ({cal['split']} split)" if cal.get("split") else ""
+        table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
+                      f"(seed {cal['seed']})")
+    row = _check_row(b)
+    if row:
+        table.add_row("check", row)
+
+
+def _files_and_time_rows(table: Any, m: dict[str, Any], b: dict[str, Any]) -> None:
+    size = sum(f["bytes"] for f in m["files"].values())
+    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
+                  f"({_size(size)})")
+    table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
+
+
 def render_onnx_only(result: Any, console) -> None:
     """``--onnx-only``: the converted graph, its parity, and how to get the engine."""
     from rich.markup import escape
@@ -276,7 +295,6 @@ def render_onnx_only(result: Any, console) -> None:
     m = result.manifest
     b = m["build"]
     g = b["gpu"]
-    size = sum(f["bytes"] for f in m["files"].values())
     console.print(f"[bold green]wrote[/] {result.path}/  (tensorrt {b['precision']} graph for "
                   f"{g['name']}, ONNX only: no engine; from {result.source.path})")
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -287,17 +305,8 @@ def render_onnx_only(result: Any, console) -> None:
     if problems:
         table.add_row("precisions", f"[yellow]{len(problems)} problem(s)[/]: "
                       + escape("; ".join(map(str, problems[:3]))))
-    cal = b.get("calibration")
-    if cal:
-        split = f" ({cal['split']} split)" if cal.get("split") else ""
-        table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
-                      f"(seed {cal['seed']})")
-    row = _check_row(b)
-    if row:
-        table.add_row("check", row)
-    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
-                  f"({_size(size)})")
-    table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
+    _calibration_and_check_rows(table, b)
+    _files_and_time_rows(table, m, b)
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -322,7 +331,6 @@ def render_tensorrt(result: Any, console) -> None:
         render_onnx_only(result, console)
         return
     e = b["engine"]
-    size = sum(f["bytes"] for f in m["files"].values())
     console.print(f"[bold green]built[/] {result.path}/  (tensorrt {b['precision']} for "
                   f"{e['gpu']['name']}, from {result.source.path})")
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -339,21 +347,12 @@ def render_tensorrt(result: Any, console) -> None:
     table.add_row("profile", f"static batch {p['min'][0]}" if p.get("static") else
                   f"{p['input']}: min {dims['min']}, opt {dims['opt']}, max {dims['max']}")
     table.add_row("graph", f"{b['graph']['source']}; {b['graph']['conversion']}")
-    cal = b.get("calibration")
-    if cal:
-        split = f" ({cal['split']} split)" if cal.get("split") else ""
-        table.add_row("calibration", f"{cal['name']}{split}: {cal['images']} images "
-                      f"(seed {cal['seed']})")
-    row = _check_row(b)
-    if row:
-        table.add_row("check", row)
+    _calibration_and_check_rows(table, b)
     tc = b.get("timing_cache")
     if tc:
         table.add_row("timing cache", f"{tc['path']} (loaded {tc['loaded_bytes']} B, saved "
                       f"{tc['saved_bytes']} B)")
-    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
-                  f"({_size(size)})")
-    table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
+    _files_and_time_rows(table, m, b)
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
