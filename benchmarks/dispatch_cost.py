@@ -3,13 +3,20 @@
 The model is the ViT-B/16-shaped DyT of ``export_vitb.py`` (random weights, no download; adapters
 of bottleneck 64; the gate biases are calibrated so that about ``r`` of the patch tokens of
 generated images are active in every layer, see :func:`export_vitb.calibrated_vitb`). It is
-exported once per dispatch mode (``complete``, ``topk``, ``pack``, ``capacity``) with the
-exporter the CLI uses; each activation rate ``r`` then only changes the gate biases in the
+exported once per dispatch mode (``complete``, ``topk``, ``pack``, optionally ``capacity``) with
+the exporter the CLI uses; each activation rate ``r`` then only changes the gate biases in the
 exported graph (OpenVINO: :func:`set_gate_biases` on the read model; ONNX Runtime: the pinned
 gate-bias initializers), so every rate runs the very same graph. ``r = 1.0`` opens every gate
 (bias +1e4).
 
-Throughput is measured interleaved: for each runtime, batch size and rate, every model runs a
+Targets (``--targets``): ONNX Runtime f32, OpenVINO CPU f32 and bf16 (``INFERENCE_PRECISION_HINT``,
+read back after compiling), and OpenVINO INT8: every graph, complete included, quantized once by
+the product's own path (:mod:`dyt_edge.calibration.openvino_int8`: NNCF, transformer model type,
+the dispatch path in float) on ``--calib-images`` generated images at the gate biases of
+``--int8-rate``; the INT8 rows give the speedup over the INT8 complete model and over the f32
+complete model (which runs in the same interleaved rounds).
+
+Throughput is measured interleaved: for each target, batch size and rate, every model runs a
 short chunk in turn (the order rotating per round), for several rounds, so that a change in the
 machine's load (2 shared cores) hits all models alike. Each round gives a paired ratio
 (model img/s / complete img/s); the table shows the median ratio over rounds and the median img/s.
@@ -19,18 +26,20 @@ on the benchmark images: at the mean rate per layer ("ideal", what ``pack`` pays
 maximum per layer ("padded": ``topk`` runs K = the largest active count of the batch), and at
 the capacity ("capacity": a static K). Efficiency = speedup / ideal FLOPs ratio.
 
-    python benchmarks/dispatch_cost.py [--rates 0.5,1.0] [--batches 1,32]
-        [--modes topk,pack,capacity] [--runtimes openvino,onnxruntime] [--capacity 0.7]
-        [--int8 [--int8-modes topk,pack]] [--rounds 5] [--chunk 1.5]
+    python benchmarks/dispatch_cost.py [--rates 0.3,0.5,0.7,0.9,1.0] [--batches 1,32]
+        [--modes topk,pack[,capacity]] [--capacity 0.7]
+        [--targets onnxruntime:f32,openvino:f32,openvino:bf16,openvino:int8]
+        [--int8-rate 0.5] [--calib-images 32] [--rounds 5] [--chunk 1.5]
         [--work DIR] [--reuse] [--simplify] [--profile] [--json PATH]
 
-Takes several minutes on 2 cores (each ViT-B export ~40 s; ``--reuse`` keeps the exports in
-``--work`` between runs).
+The full default run takes about 45 minutes on 2 cores (each ViT-B export ~40 s, each INT8
+quantization about a minute; ``--reuse`` keeps the exports in ``--work`` between runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -153,84 +162,104 @@ class OrtModel:
         return out[self.names.index("masks")]
 
 
-def openvino_models(paths, biases, hint="f32", profile=False):
-    """(mode, rate) -> OvModel."""
+class PerRate:
+    """``models[mode, rate]``: built on first use by ``make(mode, rate)``, and only one rate's
+    models alive at a time (a ViT-B session holds ~350 MB of weights plus its activation
+    arenas; fifteen of them at batch 32 exhaust 24 GB)."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+        self.rate = None
+        self.cache: dict = {}
+
+    def __getitem__(self, key):
+        mode, rate = key
+        if rate != self.rate:
+            self.cache.clear()
+            gc.collect()
+            self.rate = rate
+        if mode not in self.cache:
+            self.cache[mode] = self.make(mode, rate)
+        return self.cache[mode]
+
+
+def openvino_models(paths, biases, hint="f32", profile=False, read=None) -> PerRate:
+    """(mode, rate) -> OvModel at inference precision ``hint``; ``read(mode)`` gives the
+    ``openvino.Model`` (default: the export's IR)."""
     from dyt_edge.artifacts import load_artifact
-    from dyt_edge.exporters.openvino_ir import import_openvino, set_gate_biases
+    from dyt_edge.exporters.openvino_ir import import_openvino
 
-    ov = import_openvino()
-    core = ov.Core()
-    out = {}
-    for mode, path in paths.items():
-        art = load_artifact(path)
-        names = art.manifest["dispatch"]["dispatchers"]
-        for r, values in biases.items():
-            model = core.read_model(str(path / "model.xml"))
-            missing = set_gate_biases(model, names, {n: [values[n]] for n in names})
-            if missing:
-                raise RuntimeError(f"{mode}: gate Add not found for {missing[:3]}")
-            out[mode, r] = OvModel(core, model, hint, profile)
-    return out
+    core = import_openvino().Core()
+    names = {m: load_artifact(p).manifest["dispatch"]["dispatchers"] for m, p in paths.items()}
+    read = read or (lambda m: core.read_model(str(paths[m] / "model.xml")))
+    originals = {m: read(m) for m in paths}
+    return PerRate(lambda m, r: OvModel(core, with_biases(originals[m], names[m], biases[r]),
+                                        hint, profile))
 
 
-def ort_models(paths, biases):
+def ort_models(paths, biases) -> PerRate:
+    import numpy as np
     import onnx
 
     from dyt_edge.artifacts import load_artifact
     from dyt_edge.exporters.torch_onnx import set_initializer
 
-    import numpy as np
-
-    out = {}
+    protos, disp = {}, {}
     for mode, path in paths.items():
-        art = load_artifact(path)
-        disp = art.manifest["graph_report"]["dispatchers"]
-        proto = onnx.load(str(path / "model.onnx"))
-        for r, values in biases.items():
-            for d in disp:
-                if not d.get("gate_bias"):
-                    raise RuntimeError(f"{mode}: {d['name']} has no gate-bias initializer")
-                set_initializer(proto, d["gate_bias"], np.array([values[d["name"]]], np.float32))
-            out[mode, r] = OrtModel(proto.SerializeToString())
-    return out
+        disp[mode] = load_artifact(path).manifest["graph_report"]["dispatchers"]
+        protos[mode] = onnx.load(str(path / "model.onnx"))
+
+    def make(mode, r):
+        for d in disp[mode]:
+            if not d.get("gate_bias"):
+                raise RuntimeError(f"{mode}: {d['name']} has no gate-bias initializer")
+            set_initializer(protos[mode], d["gate_bias"],
+                            np.array([biases[r][d["name"]]], np.float32))
+        return OrtModel(protos[mode].SerializeToString())
+
+    return PerRate(make)
 
 
-def int8_model(path: Path, bias: dict[str, float], images, log):
-    """NNCF INT8 (TRANSFORMER) of the IR at ``path`` with ``bias``; gate and dispatch path kept
-    in float (calibration.scope when available, else the gate MatMuls and dispatch ops)."""
-    import logging
-
-    import nncf
+def int8_models(paths, modes, images, calib_bias: dict[str, float], log) -> dict:
+    """mode -> INT8 ``openvino.Model`` of that export, quantized once (at the gate biases
+    ``calib_bias``) by the product's own path (:func:`dyt_edge.calibration.openvino_int8.quantize`:
+    NNCF, transformer model type, the dispatch path kept in float); the gate biases of each rate
+    are set on clones afterwards, as for the float graphs (the gate path has no quantizers)."""
     import numpy as np
-
-    nncf.set_log_level(logging.ERROR)
 
     from dyt_edge.artifacts import load_artifact
+    from dyt_edge.calibration.data import CalibrationSet
+    from dyt_edge.calibration.openvino_int8 import QuantizeSettings, quantize
+    from dyt_edge.config import Preprocessing
     from dyt_edge.exporters.openvino_ir import import_openvino, set_gate_biases
 
     ov = import_openvino()
     core = ov.Core()
-    names = load_artifact(path).manifest["dispatch"]["dispatchers"]
-    model = core.read_model(str(path / "model.xml"))
-    set_gate_biases(model, names, {n: [bias[n]] for n in names})
-    try:
-        from dyt_edge.calibration.scope import openvino_float_scope
+    calib = CalibrationSet(images=np.ascontiguousarray(images), labels=None, spec="generated",
+                           name="generated", split=None, requested=len(images), skipped=0,
+                           seed=2024, preprocessing=Preprocessing.vtab(224))
+    out = {}
+    for mode in modes:
+        names = load_artifact(paths[mode]).manifest["dispatch"]["dispatchers"]
+        model = core.read_model(str(paths[mode] / "model.xml"))
+        set_gate_biases(model, names, {n: [calib_bias[n]] for n in names})
+        res = quantize(model, calib, dispatcher_names=names,
+                       settings=QuantizeSettings(subset_size=len(images)))
+        log(f"INT8 {mode}: {res.quantizers} quantizers, {res.seconds:.0f} s"
+            + (f"; {'; '.join(res.notes)}" if res.notes else ""))
+        out[mode] = res.model
+    return out
 
-        scope = openvino_float_scope(model, names)
-        ignored = scope.nncf_ignored_scope(validate=False)
-        log(f"INT8: float scope from calibration.scope: {scope.counts()}")
-    except Exception as exc:  # noqa: BLE001 - the scope module is another helper's work
-        keep = [op.get_friendly_name() for op in model.get_ops()
-                if "/gate/" in op.get_friendly_name() or "/dispatch/" in op.get_friendly_name()]
-        ignored = nncf.IgnoredScope(names=keep, types=["TopK", "GatherND", "ScatterNDUpdate",
-                                                       "NonZero"], validate=False)
-        log(f"INT8: calibration.scope unavailable ({exc}); ignoring {len(keep)} named nodes")
-    data = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
-    t0 = time.perf_counter()
-    q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER,
-                      subset_size=len(images), ignored_scope=ignored)
-    log(f"INT8: quantized in {time.perf_counter() - t0:.0f} s")
-    return q
+
+def with_biases(model, names, values):
+    """A clone of ``model`` with the gate biases ``values`` (dispatcher -> float)."""
+    from dyt_edge.exporters.openvino_ir import set_gate_biases
+
+    clone = model.clone()
+    missing = set_gate_biases(clone, names, {n: [values[n]] for n in names})
+    if missing:
+        raise RuntimeError(f"gate Add not found for {missing[:3]}")
+    return clone
 
 
 # -- measurement ----------------------------------------------------------------------------------
@@ -269,7 +298,9 @@ def interleaved(models: dict, batches: list, rounds: int, chunk_s: float, warmup
     return wall, cpu
 
 
-def summarize(measured, reference: str) -> dict:
+def summarize(measured, reference: str, also: str | None = None) -> dict:
+    """Per model: median img/s and the median paired ratio to ``reference`` (and to ``also``,
+    as ``speedup_also``, when given)."""
     wall, cpu = measured
     out = {}
     for n, rs in wall.items():
@@ -280,6 +311,9 @@ def summarize(measured, reference: str) -> dict:
                   "speedup_min": min(ratios), "speedup_max": max(ratios),
                   "cpu_img_s": len(cpu[n]) / sum(1 / v for v in cpu[n]),
                   "cpu_speedup": cpu_ratio}
+        if also:
+            out[n]["speedup_also"] = statistics.median(
+                [a / b for a, b in zip(rs, wall[also])])
     return out
 
 
@@ -310,18 +344,23 @@ def activation_stats(masks_list, cfg, capacity_slots=None) -> dict:
 
 # -- main -----------------------------------------------------------------------------------------
 
+
+TARGETS = ("onnxruntime:f32", "openvino:f32", "openvino:bf16", "openvino:int8")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="0.5,1.0")
+    parser.add_argument("--rates", default="0.3,0.5,0.7,0.9,1.0")
     parser.add_argument("--batches", default="1,32")
-    parser.add_argument("--modes", default="topk,pack,capacity")
-    parser.add_argument("--runtimes", default="openvino,onnxruntime")
+    parser.add_argument("--modes", default="topk,pack",
+                        help="DyT dispatch modes beside complete (topk, pack, capacity)")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="runtime:precision pairs (default: %(default)s)")
     parser.add_argument("--capacity", type=float, default=0.7,
                         help="capacity mode's fraction of patch tokens (default 0.7)")
-    parser.add_argument("--int8", action="store_true",
-                        help="also NNCF INT8 of the --int8-modes graphs at the first rate, "
-                             "against f32 complete")
-    parser.add_argument("--int8-modes", default="topk,pack")
+    parser.add_argument("--int8-rate", type=float, default=0.5,
+                        help="the rate whose gate biases the INT8 calibration runs at")
+    parser.add_argument("--calib-images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chunk", type=float, default=1.5, help="seconds per chunk")
     parser.add_argument("--images", type=int, default=64, help="benchmark images (generated)")
@@ -345,7 +384,10 @@ def main(argv=None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     batch_sizes = [int(b) for b in args.batches.split(",")]
     modes = ["complete"] + [m for m in args.modes.split(",") if m and m != "complete"]
-    runtimes = [r for r in args.runtimes.split(",") if r]
+    targets = [t for t in args.targets.split(",") if t]
+    for t in targets:
+        if t not in TARGETS:
+            parser.error(f"unknown target {t!r} (choose from {', '.join(TARGETS)})")
     cfg = DyTConfig(variant="mlp", num_classes=1000, adapter_dim=64, adapter_scale=0.1)
     slots = cfg.capacity_slots(args.capacity)
 
@@ -364,34 +406,76 @@ def main(argv=None) -> int:
     from dyt_edge.artifacts import load_artifact
 
     exports = {}
+    dispatchers = {}
     for mode, path in paths.items():
         manifest = load_artifact(path).manifest
+        dispatchers[mode] = manifest["dispatch"]["dispatchers"]
         exports[mode] = {"path": str(path), "nodes": manifest["graph_report"]["nodes"],
                          "dispatch_ops": manifest["graph_report"]["dispatch_ops"],
                          "simplify": (manifest.get("simplify") or {}).get("tool"),
                          "created": manifest.get("created")}
     record = {"model": "ViT-B/16 DyT (mlp), random weights, gate biases calibrated to r on "
                        "generated images (r = 1.0: every gate open)",
-              "modes": modes, "capacity": args.capacity, "capacity_slots": slots,
-              "rates": rates, "batches": batch_sizes, "rounds": args.rounds, "exports": exports,
+              "command": " ".join(sys.argv), "modes": modes, "capacity": args.capacity,
+              "capacity_slots": slots, "rates": rates, "batches": batch_sizes,
+              "targets": targets, "rounds": args.rounds, "exports": exports,
               "chunk_s": args.chunk, "results": [], "activation": {}, "profiles": {},
+              "skipped": {}, "int8": {},
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_start": os.getloadavg()}}
 
-    for runtime in runtimes:
-        log(f"{runtime}: compiling {len(modes) * len(rates)} models")
+    for target in targets:
+        runtime, precision = target.split(":")
+        log(f"{target}: preparing")
+        f32_complete = None
         if runtime == "openvino":
             import openvino
 
+            from dyt_edge.exporters.openvino_ir import import_openvino
+
             record["machine"]["openvino"] = openvino.__version__
-            models = openvino_models(paths, biases, profile=args.profile)
+            if precision == "int8":
+                r_cal = args.int8_rate if args.int8_rate in biases else next(
+                    r for r in rates if r < 1.0)
+                quantized = int8_models(paths, modes, images[:args.calib_images],
+                                        biases[r_cal], log)
+                core = import_openvino().Core()
+                models = openvino_models(paths, biases, "f32", read=quantized.__getitem__)
+                # the issue's INT8 target compares against the f32 complete model
+                f32_complete = OvModel(core, core.read_model(str(paths["complete"] / "model.xml")))
+                # how many gate decisions INT8 kept, at the calibration rate
+                agree = {}
+                for m in modes:
+                    if m == "complete":
+                        continue
+                    ref = OvModel(core, with_biases(core.read_model(str(paths[m] / "model.xml")),
+                                                    dispatchers[m], biases[r_cal]))
+                    agree[m] = float(np.mean([np.mean(np.array(models[m, r_cal](images[i:i + 1]))
+                                                      == np.array(ref(images[i:i + 1])))
+                                              for i in range(min(16, len(images)))]))
+                    del ref
+                gc.collect()
+                record["int8"] = {"calibration_rate": r_cal, "calibration_images":
+                                  min(args.calib_images, len(images)), "gate_agreement": agree}
+                log(f"INT8 gate decisions equal to f32 at r={r_cal} on 16 images: "
+                    + ", ".join(f"{m} {v:.2%}" for m, v in agree.items()))
+            else:
+                try:
+                    models = openvino_models(paths, biases, precision, profile=args.profile)
+                    models["complete", rates[0]]  # compiles: fails here if the CPU cannot
+                except Exception as exc:  # noqa: BLE001 - e.g. bf16 on a CPU without it
+                    record["skipped"][target] = str(exc).splitlines()[0][:300]
+                    log(f"{target}: skipped ({record['skipped'][target]})")
+                    continue
         else:
             import onnxruntime
 
+            if precision != "f32":
+                parser.error(f"{target}: the ONNX Runtime rows are f32")
             record["machine"]["onnxruntime"] = onnxruntime.__version__
             models = ort_models(paths, biases)
         for r in rates:
-            # activation on the benchmark images, from the topk (or first DyT) graph
+            # activation on the benchmark images, from this target's first DyT graph
             probe = next(((m, r) for m in modes if m != "complete"), None)
             for b in batch_sizes:
                 batches = [np.ascontiguousarray(images[i:i + b])
@@ -399,13 +483,25 @@ def main(argv=None) -> int:
                 if probe:
                     masks = [np.array(models[probe](x)) for x in batches]
                     act = activation_stats(masks, cfg, slots)
-                    record["activation"][f"{runtime} r={r} batch={b}"] = act
+                    record["activation"][f"{target} r={r} batch={b}"] = act
                 group = {m: models[m, r] for m in modes}
-                log(f"{runtime} r={r} batch={b}: {len(group)} models x {args.rounds} rounds")
+                if f32_complete is not None:
+                    group["complete f32"] = f32_complete
+                log(f"{target} r={r} batch={b}: {len(group)} models x {args.rounds} rounds")
                 load = os.getloadavg()[0]
-                res = summarize(interleaved(group, batches, args.rounds, args.chunk), "complete")
+                res = summarize(interleaved(group, batches, args.rounds, args.chunk), "complete",
+                                "complete f32" if f32_complete is not None else None)
                 for m, v in res.items():
-                    row = {"runtime": runtime, "precision": "f32", "rate": r, "batch": b,
+                    extra = (f"  vs f32 complete {v['speedup_also']:.3f}"
+                             if "speedup_also" in v else "")
+                    print(f"  {m:<13} {v['img_s']:7.2f} img/s  speedup {v['speedup']:.3f} "
+                          f"[{v['speedup_min']:.3f}, {v['speedup_max']:.3f}]  CPU-time speedup "
+                          f"{v['cpu_speedup']:.3f}{extra}", flush=True)
+                    if m == "complete f32":
+                        continue
+                    if "speedup_also" in v:
+                        v["speedup_vs_f32_complete"] = v.pop("speedup_also")
+                    row = {"runtime": runtime, "precision": precision, "rate": r, "batch": b,
                            "mode": m, "loadavg": load, **v}
                     if probe:
                         row["flops_ratio"] = act["flops_ratio"]
@@ -419,9 +515,8 @@ def main(argv=None) -> int:
                         row["flops_ratio_own"] = own
                         row["efficiency_own"] = v["speedup"] / own if own else None
                     record["results"].append(row)
-                    print(f"  {m:<9} {v['img_s']:7.2f} img/s  speedup {v['speedup']:.3f} "
-                          f"[{v['speedup_min']:.3f}, {v['speedup_max']:.3f}]  CPU-time speedup "
-                          f"{v['cpu_speedup']:.3f}", flush=True)
+                if args.json:  # after every group: a crash keeps what was measured
+                    Path(args.json).write_text(json.dumps(record, indent=2))
                 if probe:
                     print(f"  activation mean {act['mean']:.3f}, per-image active "
                           f"{act['per_image_active_min']}..{act['per_image_active_max']} of "
@@ -433,69 +528,41 @@ def main(argv=None) -> int:
                     for m in modes:
                         fn = models[m, r]
                         fn(batches[0])
-                        prof = fn.profile()
-                        record["profiles"][f"r={r} batch={b} {m}"] = prof
+                        if not hasattr(fn, "profile"):
+                            continue
+                        try:
+                            prof = fn.profile()
+                        except Exception:  # noqa: BLE001 - compiled without PERF_COUNT
+                            continue
+                        record["profiles"][f"{target} r={r} batch={b} {m}"] = prof
                         top = sorted(prof.items(), key=lambda kv: -kv[1])[:8]
                         total = sum(prof.values())
                         print(f"  profile {m}: total {total / 1e3:.1f} ms; " + ", ".join(
                             f"{k} {v / 1e3:.1f}" for k, v in top), flush=True)
-        if args.int8 and runtime == "openvino":
-            from dyt_edge.exporters.openvino_ir import import_openvino
-
-            r = rates[0]
-            qmodels = {}
-            for dyt_mode in [m for m in args.int8_modes.split(",") if m in paths]:
-                log(f"INT8: quantizing the {dyt_mode} graph at r={r}")
-                q = int8_model(paths[dyt_mode], biases[r], images[:32], log)
-                qm = OvModel(import_openvino().Core(), q, "f32")
-                f32 = models[dyt_mode, r]
-                agree = [float(np.mean(np.array(qm(images[i:i + 1]))
-                                       == np.array(f32(images[i:i + 1]))))
-                         for i in range(min(16, len(images)))]
-                record.setdefault("int8_gate_agreement", {})[dyt_mode] = float(np.mean(agree))
-                log(f"INT8 {dyt_mode}: gate decisions equal to f32 on {np.mean(agree):.2%} of "
-                    "(image, layer, patch) on 16 images")
-                qmodels[f"{dyt_mode} int8"] = qm
-            for b in batch_sizes:
-                batches = [np.ascontiguousarray(images[i:i + b])
-                           for i in range(0, len(images) - b + 1, b)]
-                act = record["activation"].get(f"openvino r={r} batch={b}")
-                group = {"complete": models["complete", r], **qmodels}
-                log(f"INT8 r={r} batch={b}: {len(group)} models x {args.rounds} rounds")
-                load = os.getloadavg()[0]
-                res = summarize(interleaved(group, batches, args.rounds, args.chunk), "complete")
-                for m, v in res.items():
-                    print(f"  {m:<12} {v['img_s']:7.2f} img/s  speedup {v['speedup']:.3f}  "
-                          f"CPU-time speedup {v['cpu_speedup']:.3f}", flush=True)
-                    if m == "complete":
-                        continue
-                    row = {"runtime": "openvino", "rate": r, "batch": b, "precision": "int8",
-                           "mode": m, "loadavg": load, **v}
-                    if act:
-                        row["flops_ratio"] = act["flops_ratio"]
-                        row["flops_ratio_padded"] = act["flops_ratio_padded"]
-                        row["efficiency"] = v["speedup"] / act["flops_ratio"]
-                    record["results"].append(row)
-            del qmodels
-        del models
+        del models, f32_complete
 
     record["machine"]["loadavg_end"] = os.getloadavg()
     print()
-    print(f"{'runtime':<12}{'prec':<6}{'r':>5}{'batch':>6}  {'mode':<14}{'img/s':>8}"
-          f"{'speedup':>9}{'cpu-sp':>8}{'FLOPs':>7}{'padded':>7}{'eff':>6}{'eff-own':>8}"
-          f"{'load':>6}")
+    print(f"{'runtime':<12}{'prec':<6}{'r':>5}{'batch':>6}  {'mode':<10}{'img/s':>8}"
+          f"{'speedup':>9}{'cpu-sp':>8}{'vs-f32':>8}{'FLOPs':>7}{'padded':>7}{'eff':>6}"
+          f"{'eff-own':>8}{'load':>6}")
     for row in record["results"]:
+        vs = row.get("speedup_vs_f32_complete")
         print(f"{row['runtime']:<12}{row['precision']:<6}{row['rate']:>5}{row['batch']:>6}  "
-              f"{row['mode']:<14}{row['img_s']:>8.2f}{row['speedup']:>9.3f}"
-              f"{row['cpu_speedup']:>8.3f}"
+              f"{row['mode']:<10}{row['img_s']:>8.2f}{row['speedup']:>9.3f}"
+              f"{row['cpu_speedup']:>8.3f}" + (f"{vs:>8.3f}" if vs else " " * 8)
               + (f"{row['flops_ratio']:>7.3f}{row['flops_ratio_padded']:>7.3f}"
-                 f"{row['efficiency']:>6.2f}" if "flops_ratio" in row else "")
+                 f"{row['efficiency']:>6.2f}" if "flops_ratio" in row else " " * 20)
               + (f"{row['efficiency_own']:>8.2f}" if row.get("efficiency_own") else " " * 8)
               + f"{row['loadavg']:>6.1f}")
-    print("speedup: median over rounds of the paired wall-clock ratio to complete; cpu-sp: the "
-          "same from process CPU time; FLOPs: complete / DyT at the mean activation (padded: at "
-          "the per-batch maximum, what topk computes); eff = speedup / FLOPs; eff-own = speedup / "
-          "the FLOPs ratio of what the mode computes (topk: padded, capacity: its K, pack: FLOPs)")
+    print("speedup: median over rounds of the paired wall-clock ratio to the complete model on "
+          "the same runtime and precision; cpu-sp: the same from process CPU time; vs-f32: INT8 "
+          "against the f32 complete model; FLOPs: complete / DyT at the mean activation "
+          "(padded: at the per-batch maximum, what topk computes); eff = speedup / FLOPs; "
+          "eff-own = speedup / the FLOPs ratio of what the mode computes (topk: padded, "
+          "capacity: its K, pack: FLOPs)")
+    for target, why in record["skipped"].items():
+        print(f"skipped {target}: {why}")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
     if tmp is not None:
