@@ -31,6 +31,7 @@ the capacity ("capacity": a static K). Efficiency = speedup / ideal FLOPs ratio.
         [--targets onnxruntime:f32,openvino:f32,openvino:bf16,openvino:int8]
         [--int8-rate 0.5] [--calib-images 32] [--rounds 5] [--chunk 1.5]
         [--work DIR] [--reuse] [--simplify] [--profile] [--json PATH]
+    python benchmarks/dispatch_cost.py --markdown PATH.json    # the README table of a run
 
 The full default run takes about 45 minutes on 2 cores (each ViT-B export ~40 s, each INT8
 quantization about a minute; ``--reuse`` keeps the exports in ``--work`` between runs).
@@ -345,6 +346,45 @@ def activation_stats(masks_list, cfg, capacity_slots=None) -> dict:
 # -- main -----------------------------------------------------------------------------------------
 
 
+def markdown_table(record: dict) -> str:
+    """The README's table: per target and rate, each DyT mode's speedup over the complete model
+    on the same runtime and precision, per batch size, with the efficiency (speedup / FLOPs
+    ratio at the mean activation) in brackets; INT8 cells add the speedup over f32 complete."""
+    rows = record["results"]
+    modes = [m for m in record["modes"] if m != "complete"]
+    batches = record["batches"]
+    head = ["target", "r", "activation", "FLOPs ratio"] + [f"batch {b} `{m}`" for b in batches
+                                                          for m in modes]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen = []
+    for row in rows:
+        key = (row["runtime"], row["precision"], row["rate"])
+        if key not in seen:
+            seen.append(key)
+    for runtime, precision, rate in seen:
+        cells = {(r["batch"], r["mode"]): r for r in rows
+                 if (r["runtime"], r["precision"], r["rate"]) == (runtime, precision, rate)}
+        first = next(iter(cells.values()))
+        act = record["activation"].get(f"{runtime}:{precision} r={rate} batch={batches[0]}", {})
+        line = [f"{'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'} "
+                f"{precision.upper() if precision == 'int8' else precision}", f"{rate:g}",
+                f"{act['mean']:.2f}" if act else "", f"{first.get('flops_ratio', 0):.2f}"]
+        for b in batches:
+            for m in modes:
+                r = cells.get((b, m))
+                if r is None:
+                    line.append("")
+                    continue
+                cell = f"{r['speedup']:.2f}x"
+                if r.get("efficiency") is not None and rate < 1.0:
+                    cell += f" ({r['efficiency']:.2f})"
+                if r.get("speedup_vs_f32_complete") is not None:
+                    cell += f" · {r['speedup_vs_f32_complete']:.2f}x vs f32"
+                line.append(cell)
+        out.append("| " + " | ".join(line) + " |")
+    return "\n".join(out)
+
+
 TARGETS = ("onnxruntime:f32", "openvino:f32", "openvino:bf16", "openvino:int8")
 
 
@@ -370,7 +410,12 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="OpenVINO per-op-type profile of every model (PERF_COUNT)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", metavar="JSON", default=None,
+                        help="print the README table of an earlier run's --json, and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.markdown).read_text())))
+        return 0
 
     import numpy as np
 
@@ -563,6 +608,8 @@ def main(argv=None) -> int:
           "capacity: its K, pack: FLOPs)")
     for target, why in record["skipped"].items():
         print(f"skipped {target}: {why}")
+    print()
+    print(markdown_table(record))
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
     if tmp is not None:
