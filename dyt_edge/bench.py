@@ -558,6 +558,7 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
                 if bm is not None:
                     r.batch_max_activation = bm["mean"]
                     r.computed_gflops = bm["computed_gflops"]
+        notes.extend(padding_notes(activation))
         runtime_info = {"dyt": dyt.describe(),
                         "complete": complete.describe() if complete is not None else None}
     finally:  # last opened, first closed (a runtime may restore process-wide settings)
@@ -588,6 +589,26 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
                        settings=settings, machine=machine, runtime=runtime_info,
                        results=results, baseline=base_info, activation=activation,
                        flops=flops, notes=notes, created=utc_now())
+
+
+def padding_notes(activation: Optional[dict[str, Any]]) -> list[str]:
+    """A ``topk`` artifact computes, per dispatcher, K = the active count of the busiest image in
+    the batch. When that is well above the mean at some batch size and token-wise (MLP)
+    sub-blocks are dispatched, ``pack`` (which computes the active tokens alone) is the better
+    export for batched serving: say so."""
+    if not activation or activation.get("dispatch") != "topk":
+        return []
+    if not any(str(n).rsplit(".", 1)[-1].startswith("mlp")
+               for n in activation.get("dispatchers") or []):
+        return []
+    mean = float(activation["mean"])
+    worst = max(((int(b), float(v["mean"])) for b, v in activation["batch_max"].items()
+                 if int(b) > 1), key=lambda bv: bv[1] - mean, default=None)
+    if worst is None or worst[1] - mean < 0.1:
+        return []
+    return [f"topk computes K = the busiest image of each batch: {worst[1]:.0%} of the tokens at "
+            f"batch {worst[0]} against a mean activation of {mean:.0%}; for batched serving "
+            "export with --dispatch pack, which computes the active tokens alone"]
 
 
 def _artifact_info(art: Any) -> dict[str, Any]:

@@ -20,10 +20,10 @@ import torch
 from dyt_edge import artifacts
 from dyt_edge.bench import (MIN_ITERATIONS, SCHEMA, SCHEMA_VERSION, BatchResult, LatencyStats,
                             Measurement, batch_max_rates, bench_artifact, interleave,
-                            latency_stats, parse_batches, percentile, schedule)
+                            latency_stats, padding_notes, parse_batches, percentile, schedule)
 from dyt_edge.errors import UsageError
 
-from .test_export import assert_one_line_error, cli, controlled_model, saved
+from .conftest import assert_one_line_error, cli, controlled_model, saved
 
 FAST = dict(duration=0.05, warmup=0.01, threads=1)
 
@@ -83,6 +83,26 @@ def test_batch_max_rates_is_what_data_dependent_k_computes():
     assert batch_max_rates(rates, 1) == (pytest.approx([0.375, 0.1875]), 4)  # the mean
     assert batch_max_rates(rates, 3) == (pytest.approx([1.0, 0.5]), 1)      # partial dropped
     assert batch_max_rates(rates, 8) == (pytest.approx([1.0, 0.5]), 1)      # fewer than B
+
+
+def _activation(dispatch, names, mean, batch_max):
+    return {"dispatch": dispatch, "dispatchers": names, "mean": mean,
+            "batch_max": {str(b): {"mean": v} for b, v in batch_max.items()}}
+
+
+def test_padding_note_recommends_pack_only_where_topk_pays_the_batch_maximum():
+    mlp = ["blocks.0.mlp", "blocks.1.mlp"]
+    busy = _activation("topk", mlp, 0.47, {1: 0.47, 32: 0.98})
+    [note] = padding_notes(busy)
+    assert "98% of the tokens at batch 32" in note and "47%" in note
+    assert "--dispatch pack" in note
+    # pack computes the mean already; close to the mean at batch 32 there is nothing to say
+    assert padding_notes(_activation("pack", mlp, 0.47, {1: 0.47, 32: 0.47})) == []
+    assert padding_notes(_activation("topk", mlp, 0.47, {1: 0.47, 32: 0.52})) == []
+    # batch 1 is never padded; attention-only dispatch has no packed form; no masks, no note
+    assert padding_notes(_activation("topk", mlp, 0.3, {1: 0.9})) == []
+    assert padding_notes(_activation("topk", ["blocks.0.attn"], 0.3, {32: 0.9})) == []
+    assert padding_notes(None) == []
 
 
 def test_chunks_alternate_so_each_model_goes_first_equally_often():
