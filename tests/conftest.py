@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +32,97 @@ def randomize_dyt(model: torch.nn.Module, *, seed: int = 0, gate_std: float = 0.
             ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * gate_std)
             ts.mlp_head.bias.fill_(gate_bias)
     return model
+
+
+def controlled_model(variant: str = "mlp", adapter_kind: str = "adapter",
+                     depth: int = 3) -> torch.nn.Module:
+    """A tiny DyT whose gates follow the image: channel 0 of every token carries 50x the mean of
+    its patch's pixels, and each gate reads channel 0 alone. A bright image activates every
+    patch token, a dark one none, noise a mix, so a batch can hold all three (`mixed_batch`).
+    Export time grows with ``depth``."""
+    from dyt_edge.model import build_model
+
+    model = build_model(tiny_config(variant=variant, adapter_kind=adapter_kind, depth=depth))
+    randomize_dyt(model, seed=1)
+    with torch.no_grad():
+        w = model.patch_embed.proj.weight
+        w[0] = 50.0 / w[0].numel()
+        model.patch_embed.proj.bias[0] = 0.0
+        for ts in model.token_selects:
+            ts.mlp_head.weight.zero_()
+            ts.mlp_head.weight[0, 0] = 1.0
+            ts.mlp_head.bias.zero_()
+    return model
+
+
+def mixed_batch(batch: int, seed: int = 0) -> torch.Tensor:
+    """Images cycling through: all-dark (no patch active), all-bright (all active), noise."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 32, 32, generator=g)
+    for i in range(batch):
+        if i % 3 == 0:
+            images[i] = -images[i].abs() - 0.5
+        elif i % 3 == 1:
+            images[i] = images[i].abs() + 0.5
+    return images
+
+
+def saved(tmp: Path, model, name: str) -> Path:
+    """``model`` saved as ``tmp/<name>.safetensors``."""
+    from dyt_edge.checkpoint import save_model
+
+    return save_model(model, tmp / f"{name}.safetensors")
+
+
+# -- image data the tests write themselves --------------------------------------------------------
+
+def write_npz(path: Path, n: int, *, labels: bool = True, size: int = 32, classes: int = 5,
+              seed: int = 0) -> Path:
+    """An .npz of ``n`` random uint8 HWC images (and labels)."""
+    rng = np.random.default_rng(seed)
+    arrays = {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
+    if labels:
+        arrays["labels"] = np.arange(n) % classes
+    np.savez(path, **arrays)
+    return path
+
+
+def write_folder(root: Path, good: int, corrupt: int = 0, sizes=((32, 32),),
+                 classes: int = 2) -> Path:
+    """An ImageFolder: ``good`` PNGs of the given sizes (cycled) and ``corrupt`` broken files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(good):
+        w, h = sizes[i % len(sizes)]
+        d = root / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    for i in range(corrupt):
+        d = root / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return root
+
+
+TINY_NAMES = ["blocks.0.mlp", "blocks.1.mlp"]
+"""The dispatchers of `tiny_ov_export`."""
+
+
+@pytest.fixture(scope="session")
+def tiny_ov_export(tmp_path_factory) -> Path:
+    """A depth-2 tiny DyT (16 patch tokens, mixed gate decisions) exported once per session with
+    --format openvino (model.onnx + model.xml). Shared: tests that write into an export work on
+    a copy."""
+    from dyt_edge.checkpoint import save_model
+    from dyt_edge.exporters.pipeline import ExportOptions, export_checkpoint
+    from dyt_edge.model import build_model
+
+    base = tmp_path_factory.mktemp("tiny-build")
+    model = randomize_dyt(build_model(tiny_config(depth=2)), seed=1)
+    ckpt = save_model(model, base / "tiny.safetensors")
+    export_checkpoint(ckpt, base / "export", ExportOptions(format="openvino"))
+    return base / "export"
 
 
 @pytest.fixture

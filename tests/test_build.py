@@ -13,8 +13,8 @@ import pytest
 
 from dyt_edge.artifacts import MANIFEST_NAME, load_artifact
 
-from .test_calibration import NAMES, tiny_export, write_folder, write_npz
-from .conftest import assert_one_line_error, cli
+from .conftest import TINY_NAMES as NAMES
+from .conftest import assert_one_line_error, cli, write_folder, write_npz
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -41,8 +41,8 @@ def images(n: int = 6, seed: int = 3) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory)
+def export(tiny_ov_export) -> Path:
+    return tiny_ov_export
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Calibration data, the float scope and NNCF INT8 on a tiny exported DyT.
 
-The export is made once per session (:func:`tiny_export`, shared with ``test_build``).
+The export is made once per session (conftest's ``tiny_ov_export``).
 """
 
 from __future__ import annotations
@@ -15,61 +15,13 @@ import pytest
 from dyt_edge.artifacts import ArtifactError
 from dyt_edge.errors import DataError, UsageError
 
-NAMES = ["blocks.0.mlp", "blocks.1.mlp"]
-_CACHE: dict[str, Path] = {}
-
-
-# -- shared fixtures (also imported by test_build) ------------------------------------------------
-
-def tiny_export(tmp_path_factory) -> Path:
-    """A depth-2 tiny DyT (16 patch tokens, mixed gate decisions) exported once per session with
-    --format openvino (model.onnx + model.xml)."""
-    if "export" not in _CACHE:
-        from dyt_edge.checkpoint import save_model
-        from dyt_edge.exporters.pipeline import ExportOptions, export_checkpoint
-        from dyt_edge.model import build_model
-
-        from .conftest import randomize_dyt, tiny_config
-
-        base = tmp_path_factory.mktemp("tiny-build")
-        model = randomize_dyt(build_model(tiny_config(depth=2)), seed=1)
-        ckpt = save_model(model, base / "tiny.safetensors")
-        export_checkpoint(ckpt, base / "export", ExportOptions(format="openvino"))
-        _CACHE["export"] = base / "export"
-    return _CACHE["export"]
-
-
-def write_npz(path: Path, n: int, *, labels: bool = True, size: int = 32, classes: int = 5,
-              seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    arrays = {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
-    if labels:
-        arrays["labels"] = np.arange(n) % classes
-    np.savez(path, **arrays)
-    return path
-
-
-def write_folder(root: Path, good: int, corrupt: int = 0, sizes=((32, 32),),
-                 classes: int = 2) -> Path:
-    """An ImageFolder: ``good`` PNGs of the given sizes (cycled) and ``corrupt`` broken files."""
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for i in range(good):
-        w, h = sizes[i % len(sizes)]
-        d = root / f"class{i % classes}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    for i in range(corrupt):
-        d = root / f"class{i % classes}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return root
+from .conftest import TINY_NAMES as NAMES
+from .conftest import write_folder, write_npz
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory)
+def export(tiny_ov_export) -> Path:
+    return tiny_ov_export
 
 
 @pytest.fixture(scope="module")

@@ -12,39 +12,10 @@ from dyt_edge.errors import ConfigError
 from dyt_edge.model import build_model, capacity_overflow
 from dyt_edge.model.layers import TokenSelect
 
-from .conftest import randomize_dyt, tiny_config
+from .conftest import controlled_model, mixed_batch, tiny_config
 
 ATOL = 1e-5
 MODEL_KINDS = [(v, "adapter") for v in VARIANTS] + [("mlp", "moe"), ("attn_mlp", "moe")]
-
-
-def controlled_model(variant: str, adapter_kind: str = "adapter"):
-    """A tiny DyT whose gates follow the image: channel 0 of every token carries 50x the mean of
-    its patch's pixels, and each gate reads channel 0 alone. A bright image activates every
-    patch token, a dark one none, noise a mix — so a batch can hold all three."""
-    model = build_model(tiny_config(variant=variant, adapter_kind=adapter_kind))
-    randomize_dyt(model, seed=1)
-    with torch.no_grad():
-        w = model.patch_embed.proj.weight
-        w[0] = 50.0 / w[0].numel()
-        model.patch_embed.proj.bias[0] = 0.0
-        for ts in model.token_selects:
-            ts.mlp_head.weight.zero_()
-            ts.mlp_head.weight[0, 0] = 1.0
-            ts.mlp_head.bias.zero_()
-    return model
-
-
-def mixed_batch(batch: int, seed: int = 0) -> torch.Tensor:
-    """Images cycling through: all-dark (no patch active), all-bright (all active), noise."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 32, 32, generator=g)
-    for i in range(batch):
-        if i % 3 == 0:
-            images[i] = -images[i].abs() - 0.5
-        elif i % 3 == 1:
-            images[i] = images[i].abs() + 0.5
-    return images
 
 
 def run(model, mode, images, capacity=None):

@@ -24,8 +24,8 @@ from dyt_edge.cli import main
 from dyt_edge.config import VARIANTS
 from dyt_edge.model import build_model
 
-from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
-from .test_dispatch import mixed_batch
+from .conftest import (assert_one_line_error, cli, controlled_model, mixed_batch,
+                       randomize_dyt, saved, tiny_config)
 
 ATOL = 1e-4
 BATCHES = (1, 2, 7, 32)
@@ -52,29 +52,6 @@ def published_checkpoint(path: Path, model) -> Path:
     torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []},
                 "epoch": 9, "scaler": {"scale": 65536.0}, "args": args}, path)
     return path
-
-
-def controlled_model(variant: str, adapter_kind: str = "adapter", depth: int = 2):
-    """`tests.test_dispatch.controlled_model` at a chosen depth (export time grows with it):
-    gates follow image brightness, so `mixed_batch` holds images with no, all and some patch
-    tokens active."""
-    model = build_model(tiny_config(variant=variant, adapter_kind=adapter_kind, depth=depth))
-    randomize_dyt(model, seed=1)
-    with torch.no_grad():
-        w = model.patch_embed.proj.weight
-        w[0] = 50.0 / w[0].numel()
-        model.patch_embed.proj.bias[0] = 0.0
-        for ts in model.token_selects:
-            ts.mlp_head.weight.zero_()
-            ts.mlp_head.weight[0, 0] = 1.0
-            ts.mlp_head.bias.zero_()
-    return model
-
-
-def saved(tmp: Path, model, name: str) -> Path:
-    from dyt_edge.checkpoint import save_model
-
-    return save_model(model, tmp / f"{name}.safetensors")
 
 
 def ort_session(path: Path):
@@ -142,7 +119,7 @@ def variant_exports(tmp_mod):
     out = {}
     for variant, kind, extra in [("attn", "adapter", ()), ("attn_mlp", "moe", ()),
                                  ("layer", "adapter", ("--format", "openvino"))]:
-        exp = Export(tmp_mod, controlled_model(variant, kind), f"{variant}-{kind}", *extra)
+        exp = Export(tmp_mod, controlled_model(variant, kind, depth=2), f"{variant}-{kind}", *extra)
         assert exp.code == 0, (variant, kind)
         out[(variant, kind)] = exp
     return out
@@ -359,7 +336,7 @@ def test_default_output_dir_and_reexport_replaces_the_artifact(tmp_path, capsys,
 @pytest.mark.parametrize("mode", ["mask", "complete"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dense_modes_for_every_variant(tmp_path, variant, mode):
-    exp = Export(tmp_path, controlled_model(variant), f"{variant}-{mode}",
+    exp = Export(tmp_path, controlled_model(variant, depth=2), f"{variant}-{mode}",
                  "--dispatch", mode)
     assert exp.code == 0
     sess = ort_session(exp.onnx)

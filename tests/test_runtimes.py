@@ -22,8 +22,7 @@ from dyt_edge.runtimes import (RuntimeOptions, RuntimeSetupError, RuntimeUnavail
                                open_runtime)
 from dyt_edge.runtimes.torch_runtime import TorchRuntime
 
-from .test_dispatch import mixed_batch
-from .test_export import controlled_model, saved
+from .conftest import controlled_model, mixed_batch, saved
 
 ATOL = 1e-4
 BATCHES = (1, 3, 8)

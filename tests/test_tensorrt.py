@@ -25,8 +25,9 @@ from dyt_edge.exporters import tensorrt_plan as tplan
 from dyt_edge.exporters.tensorrt_gpus import (GPUS, DetectedGpu, TensorRTInstall,
                                               check_compatibility, resolve_target_gpu)
 
-from .test_calibration import NAMES, tiny_export, write_npz
-from .conftest import assert_one_line_error as one_line_error, cli
+from .conftest import TINY_NAMES as NAMES
+from .conftest import assert_one_line_error as one_line_error
+from .conftest import cli, write_npz
 
 T4 = DetectedGpu(0, "Tesla T4", (7, 5), 15360, "CUDA 12.4", "test")
 V100 = DetectedGpu(0, "Tesla V100-SXM2-16GB", (7, 0), 16384, "CUDA 12.4", "test")
@@ -39,8 +40,8 @@ def built_dirs(export: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory)
+def export(tiny_ov_export) -> Path:
+    return tiny_ov_export
 
 
 @pytest.fixture
