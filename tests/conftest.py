@@ -126,6 +126,16 @@ def tiny_ov_export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def tiny_ov_work(tmp_path, tiny_ov_export) -> Path:
+    """A private copy of `tiny_ov_export`, for tests whose builds are written inside it."""
+    import shutil
+
+    dst = tmp_path / "export"
+    shutil.copytree(tiny_ov_export, dst)
+    return dst
+
+
+@pytest.fixture
 def tiny():
     return tiny_config
 

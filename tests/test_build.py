@@ -46,11 +46,8 @@ def export(tiny_ov_export) -> Path:
 
 
 @pytest.fixture
-def work(tmp_path, export) -> Path:
-    """A private copy of the export (builds are written inside it)."""
-    dst = tmp_path / "export"
-    shutil.copytree(export, dst)
-    return dst
+def work(tiny_ov_work) -> Path:
+    return tiny_ov_work
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ the reason elsewhere.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -45,10 +44,8 @@ def export(tiny_ov_export) -> Path:
 
 
 @pytest.fixture
-def work(tmp_path, export) -> Path:
-    dst = tmp_path / "export"
-    shutil.copytree(export, dst)
-    return dst
+def work(tiny_ov_work) -> Path:
+    return tiny_ov_work
 
 
 @pytest.fixture
