@@ -33,7 +33,7 @@ the capacity ("capacity": a static K). Efficiency = speedup / ideal FLOPs ratio.
         [--work DIR] [--reuse] [--simplify] [--profile] [--json PATH]
     python benchmarks/dispatch_cost.py --markdown PATH.json    # the README table of a run
 
-The full default run takes about 45 minutes on 2 cores (each ViT-B export ~40 s, each INT8
+The full default run takes about 55 minutes on 2 cores (each ViT-B export ~40 s, each INT8
 quantization about a minute; ``--reuse`` keeps the exports in ``--work`` between runs).
 """
 
@@ -184,14 +184,12 @@ class PerRate:
         return self.cache[mode]
 
 
-def openvino_models(paths, biases, hint="f32", profile=False, read=None) -> PerRate:
-    """(mode, rate) -> OvModel at inference precision ``hint``; ``read(mode)`` gives the
-    ``openvino.Model`` (default: the export's IR)."""
-    from dyt_edge.artifacts import load_artifact
+def openvino_models(paths, names, biases, hint="f32", profile=False, read=None) -> PerRate:
+    """(mode, rate) -> OvModel at inference precision ``hint``; ``names[mode]``: the export's
+    dispatchers; ``read(mode)`` gives the ``openvino.Model`` (default: the export's IR)."""
     from dyt_edge.exporters.openvino_ir import import_openvino
 
     core = import_openvino().Core()
-    names = {m: load_artifact(p).manifest["dispatch"]["dispatchers"] for m, p in paths.items()}
     read = read or (lambda m: core.read_model(str(paths[m] / "model.xml")))
     originals = {m: read(m) for m in paths}
     return PerRate(lambda m, r: OvModel(core, with_biases(originals[m], names[m], biases[r]),
@@ -221,30 +219,26 @@ def ort_models(paths, biases) -> PerRate:
     return PerRate(make)
 
 
-def int8_models(paths, modes, images, calib_bias: dict[str, float], log) -> dict:
+def int8_models(paths, names, images, calib_bias: dict[str, float], log) -> dict:
     """mode -> INT8 ``openvino.Model`` of that export, quantized once (at the gate biases
     ``calib_bias``) by the product's own path (:func:`dyt_edge.calibration.openvino_int8.quantize`:
     NNCF, transformer model type, the dispatch path kept in float); the gate biases of each rate
     are set on clones afterwards, as for the float graphs (the gate path has no quantizers)."""
     import numpy as np
 
-    from dyt_edge.artifacts import load_artifact
     from dyt_edge.calibration.data import CalibrationSet
     from dyt_edge.calibration.openvino_int8 import QuantizeSettings, quantize
     from dyt_edge.config import Preprocessing
-    from dyt_edge.exporters.openvino_ir import import_openvino, set_gate_biases
+    from dyt_edge.exporters.openvino_ir import import_openvino
 
-    ov = import_openvino()
-    core = ov.Core()
+    core = import_openvino().Core()
     calib = CalibrationSet(images=np.ascontiguousarray(images), labels=None, spec="generated",
                            name="generated", split=None, requested=len(images), skipped=0,
                            seed=2024, preprocessing=Preprocessing.vtab(224))
     out = {}
-    for mode in modes:
-        names = load_artifact(paths[mode]).manifest["dispatch"]["dispatchers"]
-        model = core.read_model(str(paths[mode] / "model.xml"))
-        set_gate_biases(model, names, {n: [calib_bias[n]] for n in names})
-        res = quantize(model, calib, dispatcher_names=names,
+    for mode, path in paths.items():
+        model = with_biases(core.read_model(str(path / "model.xml")), names[mode], calib_bias)
+        res = quantize(model, calib, dispatcher_names=names[mode],
                        settings=QuantizeSettings(subset_size=len(images)))
         log(f"INT8 {mode}: {res.quantizers} quantizers, {res.seconds:.0f} s"
             + (f"; {'; '.join(res.notes)}" if res.notes else ""))
@@ -482,10 +476,11 @@ def main(argv=None) -> int:
             if precision == "int8":
                 r_cal = args.int8_rate if args.int8_rate in biases else next(
                     r for r in rates if r < 1.0)
-                quantized = int8_models(paths, modes, images[:args.calib_images],
+                quantized = int8_models(paths, dispatchers, images[:args.calib_images],
                                         biases[r_cal], log)
                 core = import_openvino().Core()
-                models = openvino_models(paths, biases, "f32", read=quantized.__getitem__)
+                models = openvino_models(paths, dispatchers, biases, "f32",
+                                         read=quantized.__getitem__)
                 # the issue's INT8 target compares against the f32 complete model
                 f32_complete = OvModel(core, core.read_model(str(paths["complete"] / "model.xml")))
                 # how many gate decisions INT8 kept, at the calibration rate
@@ -506,7 +501,8 @@ def main(argv=None) -> int:
                     + ", ".join(f"{m} {v:.2%}" for m, v in agree.items()))
             else:
                 try:
-                    models = openvino_models(paths, biases, precision, profile=args.profile)
+                    models = openvino_models(paths, dispatchers, biases, precision,
+                                             profile=args.profile)
                     models["complete", rates[0]]  # compiles: fails here if the CPU cannot
                 except Exception as exc:  # noqa: BLE001 - e.g. bf16 on a CPU without it
                     record["skipped"][target] = str(exc).splitlines()[0][:300]
