@@ -27,7 +27,7 @@ maximum per layer ("padded": ``topk`` runs K = the largest active count of the b
 the capacity ("capacity": a static K). Efficiency = speedup / ideal FLOPs ratio.
 
     python benchmarks/dispatch_cost.py [--rates 0.3,0.5,0.7,0.9,1.0] [--batches 1,32]
-        [--modes topk,pack[,capacity]] [--capacity 0.7]
+        [--modes pack,topk[,capacity]] [--capacity 0.7] [--variant mlp|attn|attn_mlp|layer]
         [--targets onnxruntime:f32,openvino:f32,openvino:bf16,openvino:int8]
         [--int8-rate 0.5] [--calib-images 32] [--rounds 5] [--chunk 1.5]
         [--work DIR] [--reuse] [--simplify] [--profile] [--json PATH]
@@ -58,7 +58,8 @@ OPEN_BIAS = 1.0e4
 
 # -- the model and its gate biases ---------------------------------------------------------------
 
-def gate_biases(rates: list[float], seed: int = 0) -> dict[float, dict[str, float]]:
+def gate_biases(rates: list[float], seed: int = 0, variant: str = "mlp"
+                ) -> dict[float, dict[str, float]]:
     """Per rate, the calibrated bias of every dispatcher (same weights for every rate)."""
     import torch
 
@@ -69,7 +70,7 @@ def gate_biases(rates: list[float], seed: int = 0) -> dict[float, dict[str, floa
     for r in rates:
         if r >= 1.0:
             continue
-        model = calibrated_vitb("mlp", r, seed=seed)
+        model = calibrated_vitb(variant, r, seed=seed)
         names = model.config.dispatcher_names
         out[r] = {n: float(ts.mlp_head.bias.detach()[0])
                   for n, ts in zip(names, model.token_selects)}
@@ -78,14 +79,14 @@ def gate_biases(rates: list[float], seed: int = 0) -> dict[float, dict[str, floa
         if r >= 1.0:
             if names is None:
                 from dyt_edge.config import DyTConfig
-                names = DyTConfig(variant="mlp", num_classes=1000).dispatcher_names
+                names = DyTConfig(variant=variant, num_classes=1000).dispatcher_names
             out[r] = {n: OPEN_BIAS for n in names}
     torch.set_num_threads(os.cpu_count() or 1)
     return out
 
 
 def export_modes(modes: list[str], work: Path, capacity: float, simplify: bool, reuse: bool,
-                 log) -> dict[str, Path]:
+                 log, variant: str = "mlp") -> dict[str, Path]:
     """Export the calibrated (r = 0.5) model once per dispatch mode, format openvino."""
     from dyt_edge.artifacts import load_artifact
     from dyt_edge.exporters.pipeline import ExportOptions, export_model
@@ -99,12 +100,13 @@ def export_modes(modes: list[str], work: Path, capacity: float, simplify: bool, 
         if reuse and (path / "dyt_edge.json").exists():
             art = load_artifact(path)
             d = art.manifest["dispatch"]
-            if d["mode"] == mode and d.get("capacity") == cap:
+            if (d["mode"] == mode and d.get("capacity") == cap
+                    and art.manifest.get("variant") == variant):
                 log(f"reusing the {mode} export in {path}")
                 paths[mode] = path
                 continue
         if model is None:
-            model = calibrated_vitb("mlp", 0.5)
+            model = calibrated_vitb(variant, 0.5)
         t0 = time.perf_counter()
         export_model(model, path, ExportOptions(format="openvino", dispatch=mode, capacity=cap,
                                                 simplify=simplify, validate=False),
@@ -347,8 +349,9 @@ def markdown_table(record: dict) -> str:
     rows = record["results"]
     modes = [m for m in record["modes"] if m != "complete"]
     batches = record["batches"]
-    head = ["target", "r", "activation", "FLOPs ratio"] + [f"batch {b} `{m}`" for b in batches
-                                                          for m in modes]
+    head = ["target", "r", "activation", "FLOPs ratio"] + [
+        f"batch {b} `{m}`" + (" (default)" if m == "pack" else "") for b in batches
+        for m in modes]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     seen = []
     for row in rows:
@@ -386,8 +389,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="0.3,0.5,0.7,0.9,1.0")
     parser.add_argument("--batches", default="1,32")
-    parser.add_argument("--modes", default="topk,pack",
-                        help="DyT dispatch modes beside complete (topk, pack, capacity)")
+    parser.add_argument("--modes", default="pack,topk",
+                        help="DyT dispatch modes beside complete (pack: the default export, "
+                        "topk, capacity)")
+    parser.add_argument("--variant", default="mlp", choices=("mlp", "attn", "attn_mlp", "layer"),
+                        help="where the gates sit (default: mlp, the published code's)")
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="runtime:precision pairs (default: %(default)s)")
     parser.add_argument("--capacity", type=float, default=0.7,
@@ -427,7 +433,7 @@ def main(argv=None) -> int:
     for t in targets:
         if t not in TARGETS:
             parser.error(f"unknown target {t!r} (choose from {', '.join(TARGETS)})")
-    cfg = DyTConfig(variant="mlp", num_classes=1000, adapter_dim=64, adapter_scale=0.1)
+    cfg = DyTConfig(variant=args.variant, num_classes=1000, adapter_dim=64, adapter_scale=0.1)
     slots = cfg.capacity_slots(args.capacity)
 
     tmp = None
@@ -438,8 +444,9 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="dyt-edge-dispatch-")
         work = Path(tmp.name)
     log("calibrating gate biases")
-    biases = gate_biases(rates)
-    paths = export_modes(modes, work, args.capacity, args.simplify, args.reuse, log)
+    biases = gate_biases(rates, variant=args.variant)
+    paths = export_modes(modes, work, args.capacity, args.simplify, args.reuse, log,
+                         variant=args.variant)
 
     images = generated_images(args.images, 3, 224, seed=2024)
     from dyt_edge.artifacts import load_artifact
@@ -453,8 +460,9 @@ def main(argv=None) -> int:
                          "dispatch_ops": manifest["graph_report"]["dispatch_ops"],
                          "simplify": (manifest.get("simplify") or {}).get("tool"),
                          "created": manifest.get("created")}
-    record = {"model": "ViT-B/16 DyT (mlp), random weights, gate biases calibrated to r on "
-                       "generated images (r = 1.0: every gate open)",
+    record = {"model": f"ViT-B/16 DyT ({args.variant}), random weights, gate biases calibrated "
+                       "to r on generated images (r = 1.0: every gate open)",
+              "variant": args.variant,
               "command": " ".join(sys.argv), "modes": modes, "capacity": args.capacity,
               "capacity_slots": slots, "rates": rates, "batches": batch_sizes,
               "targets": targets, "rounds": args.rounds, "exports": exports,

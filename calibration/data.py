@@ -8,7 +8,8 @@ run goes on when at least :func:`minimum_images` usable images remain).
 Which images: all of DATA, except for the embedded ``digits``, where the held-out ``test``
 split is left out (that is the split ``dyt-edge validate`` and training report accuracy on, so
 quantization never sees it). Preprocessing always comes from ``manifest["preprocessing"]``
-(resize, crop, interpolation, mean, std); images of any size are resized per it.
+through :func:`dyt_edge.artifacts.preprocessing_of` (resize mode, resize, crop, interpolation,
+mean, std); images of any size are resized per it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from ..config import Preprocessing
-from ..errors import ConfigError, DataError, UsageError
+from ..errors import DataError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -102,24 +103,11 @@ class CalibrationSet:
 
 
 def preprocessing_from_manifest(manifest: Mapping[str, Any]) -> Preprocessing:
-    """The manifest's preprocessing, checked against the model's input size."""
-    from ..artifacts import ArtifactError
+    """The manifest's preprocessing, checked: :func:`dyt_edge.artifacts.preprocessing_of` (the
+    one reader; this name is kept for callers of the calibration API)."""
+    from .. import artifacts
 
-    raw = manifest.get("preprocessing")
-    if not isinstance(raw, Mapping):
-        raise ArtifactError("the artifact's manifest records no preprocessing",
-                            "re-export the model with this dyt-edge")
-    try:
-        pre = Preprocessing.from_dict(raw)
-        pre.validate()
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"the artifact's preprocessing is invalid ({exc})",
-                            "re-export the model") from None
-    size = (manifest.get("model") or {}).get("img_size")
-    if size is not None and int(size) != pre.crop:
-        raise ArtifactError(f"the artifact's preprocessing crops {pre.crop} px but the model "
-                            f"takes {size} px", "re-export the model")
-    return pre
+    return artifacts.preprocessing_of(manifest)
 
 
 def load_calibration(spec: str, manifest: Mapping[str, Any], size: int = DEFAULT_SIZE, *,

@@ -180,7 +180,7 @@ def _baseline_export(parent: Artifact, out: Path, fmt: str, say: Callable[[str],
     result = export_checkpoint(checkpoint, out, options, overrides=_overrides(m),
                                progress=export_progress)
     manifest = _plain(result.manifest)
-    if manifest.get("model") != _plain(m.get("model")):
+    if _model_record(manifest.get("model")) != _model_record(m.get("model")):
         raise BaselineError(f"the complete model exported from {checkpoint} differs from the "
                             f"one in {parent.path} (model config)",
                             f"re-export the artifact, or {NO_BASELINE_HINT}")
@@ -279,6 +279,19 @@ def _run_build(exported: Artifact, target: str, precision: str,
         if calibration.get("max_drop") is not None:
             kwargs.update(accuracy_control=True, max_drop=calibration["max_drop"])
     return build_artifact(exported, target, **kwargs).artifact
+
+
+def _model_record(model: Any) -> Any:
+    """A manifest's ``model`` record as this version writes it, so that a record written by an
+    earlier version (one without keys added since, such as the preprocessing's
+    ``resize_mode``) compares equal to the same model exported now."""
+    from .config import DyTConfig
+    from .errors import ConfigError
+
+    try:
+        return _plain(DyTConfig.from_dict(model).to_dict())
+    except (ConfigError, TypeError, ValueError):
+        return _plain(model)
 
 
 def _plain(value: Any) -> Any:

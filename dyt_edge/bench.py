@@ -56,7 +56,12 @@ JSON schema (``schema_version`` 1)
                      "dispatch" (the artifact's mode), "dispatchers": [name],
                      "mean": float, "per_layer": [float] (fraction of patch tokens kept),
                      "batch_max": {"<B>": {"mean", "per_layer": [float], "batches",
-                                           "computed_gflops"}}} | null,
+                                           "computed_gflops"}},
+                     "classes": null (unlabelled data) | {"relation", "names_from",
+                                "accuracy" (see dyt_edge.validate's "classes")},
+                     "per_class": [{"index", "name", "images", "mean",
+                                    "per_layer": [float]}] (by class index; empty when the
+                                   data has no labels)} | null,
       "flops": {"convention", "dyt_gflops", "complete_gflops", "ratio",
                 "per_layer": [{"name", "activation", "gflops", "complete_gflops"}]} | null,
       "results": [{"batch": int,
@@ -509,12 +514,11 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
     notes: list[str] = []
 
     # DATA first: the cheapest thing to get wrong.
-    from .config import Preprocessing
+    from . import artifacts
     from .data import data_name, default_data, load_images
 
     spec = default_data(manifest, data, purpose="benchmarking")
-    pre = Preprocessing.from_dict(manifest.get("preprocessing")
-                                  or manifest["model"]["preprocessing"])
+    pre = artifacts.preprocessing_of(manifest)
     loaded = load_images(spec, pre, limit=int(images))
     if len(loaded) == 0:
         from .errors import DataError
@@ -540,6 +544,7 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
         step(f"activation: running {len(pixels)} images of {spec}")
         per_image = measure_activation(dyt, pixels, static or max(sizes))
         activation = _activation_summary(per_image, manifest, spec, loaded, sizes, mode)
+        _add_per_class(activation, per_image, manifest, loaded, notes)
         if per_image is None:
             notes.append(f"{target} does not expose the dispatch masks of this artifact: "
                          "activation, FLOPs ratio and efficiency are not reported")
@@ -678,6 +683,26 @@ def _activation_summary(per_image: Any, manifest: dict[str, Any], spec: str, loa
             "dispatch": mode, "dispatchers": list(names),
             "mean": sum(per_layer) / len(per_layer), "per_layer": per_layer,
             "batch_max": batch_max}
+
+
+def _add_per_class(activation: Optional[dict[str, Any]], per_image: Any,
+                   manifest: dict[str, Any], loaded: Any, notes: list[str]) -> None:
+    """The activation per class (labelled data): ``activation["per_class"]`` and how the
+    data's labels were matched to the artifact's classes (``activation["classes"]``), named by
+    the artifact's class names, else the data's, else the index."""
+    if activation is None:
+        return
+    from .class_names import match_class_names, per_class_activation
+
+    labels = None if loaded.labels is None else loaded.labels.numpy()
+    match = match_class_names(manifest.get("class_names"), loaded.class_names, labels,
+                              (manifest.get("model") or {}).get("num_classes"))
+    activation["classes"] = match.to_dict() if match.groups is not None else None
+    activation["per_class"] = per_class_activation(per_image, match)
+    notes.extend(n for n in match.notes if "no accuracy" not in n)
+    if match.relation == "different":
+        notes.append("the data's class names are not the artifact's: activation per class is "
+                     "grouped by the data's own classes")
 
 
 def _flops(manifest: dict[str, Any], activation: Optional[dict[str, Any]]

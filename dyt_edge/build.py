@@ -334,7 +334,7 @@ class OpenVinoBuilder(Builder):
         from .exporters.openvino_ir import convert
         from .exporters.pipeline import _initializer, _with_placeholder_biases
 
-        ctx.say("converting model.onnx to OpenVINO IR")
+        ctx.say(f"converting {ctx.onnx_path.name} to OpenVINO IR")
         proto = onnx.load(str(ctx.onnx_path))
         names = ctx.dispatcher_names
         report = analyze(proto, names)
@@ -628,7 +628,7 @@ def _manifest(art: Artifact, opts: BuildOptions, out: BuildOutput, staging: Path
              **out.record, "created": created, "timings": dict(ctx.timings),
              "notes": list(out.notes)}
     m.update(schema=artifacts.SCHEMA_VERSION, dyt_edge_version=__version__, created=created,
-             format=out.format, files=files)
+             format=out.format, files=files, output={"mode": "directory"})
     m.update(out.sections)
     m["build"] = build
     return m

@@ -9,7 +9,9 @@ Two kinds of file are read:
     The pickle is read with a restricted unpickler (:mod:`dyt_edge.safe_pickle`): nothing in the
     file is imported or run. The architecture is inferred from tensor shapes and ``args``
     (:func:`infer_config`); what the weights cannot say (the adapter scale, the adapter LayerNorm
-    placement) comes from ``args`` or from the caller, never from a silent guess. A
+    placement) comes from ``args`` or from the caller, never from a silent guess; the head count
+    comes from ``args``, else from timm's standard width -> heads table
+    (:data:`~dyt_edge.config.STANDARD_VIT_HEADS`), else from the caller. A
     ``.safetensors`` file without dyt-edge metadata is read the same way (layout ``state_dict``).
 
 ``dyt-edge``
@@ -43,8 +45,8 @@ import torch
 
 from . import safe_pickle
 from ._version import __version__
-from .config import (ADAPTER_KINDS, ADAPTER_LAYERNORM, VARIANTS, DyTConfig, Preprocessing,
-                     check_choice, closest)
+from .config import (ADAPTER_KINDS, ADAPTER_LAYERNORM, DEFAULT_DISPATCH, VARIANTS, DyTConfig,
+                     Preprocessing, check_choice, closest, standard_heads, standard_heads_hint)
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .model import DyTVisionTransformer, build_model
 
@@ -63,6 +65,8 @@ LAYERNORM_KEYS = ("tuning_config.ffn_adapter_layernorm_option", "ffn_adapter_lay
 HEADS_KEYS = ("num_heads", "tuning_config.num_heads")
 
 SCALE_HINT = "pass --adapter-scale S (1.0 for the VTAB recipe, 0.1 for the image recipes)"
+HEADS_HINT = ("pass --num-heads H (the attention heads it was trained with; standard timm "
+              f"widths -> heads: {standard_heads_hint()})")
 PREPROCESSING_RECIPES = ("vtab", "imagenet")
 SHAPES = "tensor shapes"
 METADATA = "dyt-edge metadata"
@@ -94,6 +98,11 @@ class LoadedCheckpoint:
     """The checkpoint's ``args`` as plain JSON-able data (None when it has none)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """The safetensors metadata of a dyt-edge file (empty for published checkpoints)."""
+    class_names: Optional[list[str]] = None
+    """One name per class, in logit order, when known (:mod:`dyt_edge.class_names`)."""
+    class_names_source: Optional[str] = None
+    """Where they came from: ``dyt-edge metadata (dyt_edge.class_names)``,
+    ``--class-names FILE``, ``given``; None when there are none."""
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -107,17 +116,37 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: PathLike, **overrides: Any) -> LoadedCheckpoint:
+def read_checkpoint(path: PathLike, *,
+                    class_names: Optional[Union[PathLike, list[str], tuple[str, ...]]] = None,
+                    **overrides: Any) -> LoadedCheckpoint:
     """Read a checkpoint and its architecture, checked strictly against the weights.
 
     ``overrides`` are :class:`DyTConfig` field names (None values are ignored); an override wins
-    over args and defaults, but one that contradicts the tensors is an error.
+    over args and defaults, but one that contradicts the tensors is an error. ``class_names``
+    (a text file, one name per line, or a list) wins over the names a dyt-edge checkpoint
+    records; either must hold one name per class.
     """
-    return _read(path, overrides)[0]
+    loaded = _read(path, overrides)[0]
+    if class_names is not None:
+        from .class_names import check_count, check_unique, read_class_names_file
+
+        if isinstance(class_names, (list, tuple)):
+            names = check_unique([str(n) for n in class_names], "the class names")
+            what, source = "the class names", "given"
+        else:
+            names = read_class_names_file(class_names)
+            what = source = f"--class-names {class_names}"
+        loaded.class_names = check_count(names, loaded.config.num_classes, what)
+        loaded.class_names_source = source
+    else:
+        loaded.class_names = _stored_class_names(loaded.metadata, loaded.config, str(path))
+        if loaded.class_names is not None:
+            loaded.class_names_source = f"{METADATA} (dyt_edge.class_names)"
+    return loaded
 
 
 def load_model(path: PathLike, **overrides: Any) -> DyTVisionTransformer:
-    """Load a checkpoint into a :class:`DyTVisionTransformer` (eval mode, ``topk`` dispatch).
+    """Load a checkpoint into a :class:`DyTVisionTransformer` (eval mode, ``pack`` dispatch).
 
     The model is built from the inferred config (``build_model(config, init_weights=False)``,
     on the meta device so that nothing is initialised only to be overwritten) and its weights
@@ -131,7 +160,7 @@ def load_model(path: PathLike, **overrides: Any) -> DyTVisionTransformer:
         model = build_model(loaded.config, init_weights=False)
         model.load_state_dict(loaded.state_dict, strict=True)
     model.eval()
-    model.set_dispatch("topk")
+    model.set_dispatch(DEFAULT_DISPATCH)
     return model
 
 
@@ -238,6 +267,25 @@ def _read(path: PathLike,
                               state_dict=sd, config=config, provenance=provenance, args=args,
                               metadata=dict(meta))
     return loaded, model
+
+
+def _stored_class_names(meta: Mapping[str, str], config: DyTConfig,
+                        where: str) -> Optional[list[str]]:
+    from .class_names import METADATA_KEY, parse_metadata
+
+    if METADATA_KEY not in meta:
+        return None
+    try:
+        names = parse_metadata(meta[METADATA_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{where} has unreadable class names in its metadata ({exc})",
+                              "the file was edited by hand; write it again with save_model, "
+                              "or pass --class-names FILE") from None
+    if len(names) != config.num_classes or len(set(names)) != len(names):
+        raise CheckpointError(f"{where} records {len(names)} class names "
+                              f"({len(set(names))} distinct) for {config.num_classes} classes",
+                              "the file was edited by hand; pass --class-names FILE")
+    return names
 
 
 def _check_file(p: Path, where: str) -> int:
@@ -788,16 +836,20 @@ def _published_extras(facts: Mapping[str, tuple[Any, str]], args: Optional[Mappi
                     values["num_heads"] = _coerce("num_heads", value)
                 except ConfigError as exc:
                     raise CheckpointError(f"{where}: args.{key} = {value!r} is not a head count",
-                                          "pass --num-heads") from exc
+                                          HEADS_HINT) from exc
                 prov["num_heads"] = f"args.{key}"
                 break
         else:
-            heads = max(1, width // 64)
-            if width % heads:
-                raise ConfigError(f"cannot infer the attention heads of {where}: its width "
-                                  f"{width} is not a multiple of 64",
-                                  "pass --num-heads (the published models use width / 64)")
-            values["num_heads"], prov["num_heads"] = heads, "default: width / 64"
+            standard = standard_heads(width)
+            if standard is None:
+                why = ("the checkpoint has no args" if args is None else
+                       "its args do not say (looked in args.num_heads, "
+                       "args.tuning_config.num_heads)")
+                raise CheckpointError(
+                    f"attention heads not found in {where}: width {width} is not a standard "
+                    f"timm ViT width and {why}", HEADS_HINT)
+            values["num_heads"] = standard[0]
+            prov["num_heads"] = f"standard timm width {width} ({standard[1]})"
 
     # adapter scale (not in the state_dict)
     if facts["adapter_scale_learnable"][0]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .errors import ConfigError
 
@@ -18,9 +18,19 @@ VARIANTS = ("mlp", "attn", "attn_mlp", "layer")
 """Where tokens are dispatched: before the MLP (the published code), before attention, both
 (two gates per block), or before the whole block."""
 
+DISPATCH_MODES = ("complete", "mask", "topk", "pack", "capacity")
+"""How token skipping executes (:mod:`dyt_edge.model.dispatch` documents each)."""
+DEFAULT_DISPATCH = "pack"
+"""The default everywhere (model, export, CLI): the batch's active tokens packed into one matrix
+(NonZero), so a batch costs its mean activation at every batch size; exact. ``topk`` pays the
+busiest image of the batch (K is the batch maximum), ``capacity`` is the static-shape option."""
+
 ADAPTER_KINDS = ("adapter", "moe")
 ADAPTER_LAYERNORM = ("none", "in", "out")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+RESIZE_MODES = ("squash", "shorter")
+"""How an image becomes ``resize`` pixels: squashed to a square (aspect ratio not kept) or its
+shorter side scaled (aspect ratio kept); see :class:`Preprocessing`."""
 
 # Dispatcher sites per variant, in execution order inside a block. The names are also the
 # prefixes of the gate modules: `<site>_token_select.mlp_head` (`mlp_token_select` is the
@@ -34,6 +44,43 @@ DISPATCH_SITES: dict[str, tuple[str, ...]] = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+STANDARD_VIT_HEADS: dict[int, tuple[int, str]] = {
+    192: (3, "ViT-Ti"),
+    256: (4, "ViT-XS"),
+    320: (5, "ViT-Little"),
+    384: (6, "ViT-S"),
+    512: (8, "ViT-M"),
+    640: (10, "ViT-Betwixt"),
+    768: (12, "ViT-B"),
+    1024: (16, "ViT-L"),
+    1280: (16, "ViT-H"),
+    1408: (16, "ViT-g"),
+    1664: (16, "ViT-G"),
+}
+"""Width (embed_dim) -> (attention heads, model name) of timm's standard ViT definitions
+(``timm.models.vision_transformer``: ``vit_tiny`` 192/3, ``vit_xsmall`` / ``vit_wee`` 256/4,
+``vit_little`` 320/5, ``vit_small`` 384/6, ``vit_medium`` 512/8, ``vit_betwixt`` 640/10,
+``vit_base`` 768/12, ``vit_large`` 1024/16, ``vit_huge`` 1280/16, ``vit_giant`` 1408/16,
+``vit_gigantic`` 1664/16). Published checkpoints do not store the head count; a width outside
+this table has no default (the head count must be given)."""
+
+
+def standard_heads(width: int) -> tuple[int, str] | None:
+    """(heads, name) of the standard timm ViT of this width, or None when there is none."""
+    return STANDARD_VIT_HEADS.get(int(width))
+
+
+def standard_heads_hint() -> str:
+    """The table in a few words, for error hints and help texts."""
+    return ", ".join(f"{w}->{h}" for w, (h, _) in STANDARD_VIT_HEADS.items())
+
+
+def legacy_resize_mode(name: str) -> str:
+    """The resize mode of a preprocessing record that does not say (written before dyt-edge
+    recorded it): the ``vtab`` recipe always meant a squash to the square, the others resized
+    the shorter side."""
+    return "squash" if name == "vtab" else "shorter"
 
 
 def closest(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -57,9 +104,18 @@ def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
 class Preprocessing:
     """How images are turned into the model's input tensor.
 
-    ``resize`` is the size of the shorter side after resizing (equal to ``crop`` for the VTAB
-    recipe's plain resize to a square), then a center crop of ``crop`` x ``crop``; pixel values in
-    [0, 1] are normalised with ``mean`` and ``std``.
+    ``resize_mode`` says how an image of any shape becomes ``resize`` pixels:
+
+    * ``"squash"``: resized to ``resize`` x ``resize``, the aspect ratio *not* kept (what
+      torchvision's ``Resize((s, s))`` does; the published VTAB recipe), then center-cropped to
+      ``crop`` x ``crop`` when ``resize > crop``;
+    * ``"shorter"``: the shorter side resized to ``resize``, the aspect ratio kept, then a center
+      crop of ``crop`` x ``crop`` (``Resize(s)`` + ``CenterCrop(c)``; the image recipes).
+
+    Pixel values in [0, 1] are then normalised with ``mean`` and ``std``. The model's input is
+    ``crop`` x ``crop`` (:attr:`input_size`). ``resize_mode=None`` (the default) reads as records
+    written before the mode was recorded do: ``"squash"`` for a recipe named ``vtab``,
+    ``"shorter"`` for any other.
     """
 
     resize: int = 224
@@ -68,20 +124,51 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     name: str = "vtab"
+    resize_mode: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.resize_mode is None:
+            object.__setattr__(self, "resize_mode", legacy_resize_mode(self.name))
 
     @classmethod
     def vtab(cls, img_size: int) -> "Preprocessing":
-        """The published VTAB-1K recipe: bicubic resize to a square, mean = std = 0.5."""
-        return cls(img_size, img_size, "bicubic", (0.5,) * 3, (0.5,) * 3, "vtab")
+        """The published VTAB-1K recipe: bicubic squash to img x img (aspect ratio not kept, no
+        crop), mean = std = 0.5."""
+        return cls(img_size, img_size, "bicubic", (0.5,) * 3, (0.5,) * 3, "vtab", "squash")
 
     @classmethod
     def imagenet(cls, img_size: int) -> "Preprocessing":
-        """The image recipes: resize to img/0.875 (256 for 224), center crop, ImageNet stats."""
+        """The image recipes: shorter side to img/0.875 (256 for 224), center crop img x img,
+        bicubic, ImageNet stats."""
         return cls(int(round(img_size / 0.875)), img_size, "bicubic", IMAGENET_MEAN, IMAGENET_STD,
-                   "imagenet")
+                   "imagenet", "shorter")
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square the model gets (``crop``)."""
+        return self.crop
+
+    def describe(self) -> str:
+        """One line, e.g. ``vtab: squash to 224x224, bicubic, mean=std=0.5``."""
+        if self.resize_mode == "squash":
+            how = f"squash to {self.resize}x{self.resize}"
+        else:
+            how = f"shorter side to {self.resize}"
+        if self.resize != self.crop or self.resize_mode != "squash":
+            how += f", center crop {self.crop}x{self.crop}"
+        mean, std = tuple(self.mean), tuple(self.std)
+        if mean == std and len(set(mean)) == 1:
+            stats = f"mean=std={mean[0]:g}"
+        elif mean == IMAGENET_MEAN and std == IMAGENET_STD:
+            stats = "ImageNet mean/std"
+        else:
+            stats = (f"mean ({', '.join(f'{v:g}' for v in mean)}), "
+                     f"std ({', '.join(f'{v:g}' for v in std)})")
+        return f"{self.name}: {how}, {self.interpolation}, {stats}"
 
     def validate(self) -> None:
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("resize mode", str(self.resize_mode), RESIZE_MODES)
         if self.crop <= 0 or self.resize < self.crop:
             raise ConfigError(f"preprocessing resize {self.resize} / crop {self.crop} is invalid",
                               "resize must be >= crop > 0")
@@ -89,14 +176,26 @@ class Preprocessing:
             raise ConfigError("preprocessing mean/std must have 3 entries and std > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The complete data config: every field plus ``input_size`` (the model's square input
+        side, equal to ``crop``) for readers that only need that."""
+        d = dataclasses.asdict(self)
+        d["input_size"] = self.input_size
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
+        """The inverse of :meth:`to_dict`; also reads records written before ``resize_mode`` and
+        ``input_size`` existed (see the class docstring for the mode they mean)."""
         d = dict(d)
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
+        size = d.pop("input_size", None)
+        if size is not None:
+            d.setdefault("crop", size)
+            if int(size) != int(d["crop"]):
+                raise ConfigError(f"preprocessing input_size {size} differs from its crop "
+                                  f"{d['crop']}", "the record was edited by hand: make them equal")
         return cls(**_known_fields(cls, d, "preprocessing"))
 
 

@@ -16,9 +16,15 @@
 * an ``.npz``: ``images`` as uint8 [N, H, W, C] / [N, C, H, W] / [N, H, W] or float in [0, 1];
   optional ``labels`` [N] (non-negative integers) and ``class_names``. Read without pickle.
 
-Preprocessing: resize the shorter side to ``resize`` with its interpolation, center crop
-``crop`` x ``crop``, scale to [0, 1], normalise with ``mean`` / ``std``. Images already at
-``crop`` x ``crop`` with ``resize == crop`` are left untouched (no resampling).
+Preprocessing, per its ``resize_mode`` and the same for all three sources: ``squash`` resizes to
+``resize`` x ``resize`` whatever the aspect ratio (torchvision's ``Resize((s, s))``, the
+published VTAB recipe), ``shorter`` resizes the shorter side to ``resize`` keeping the aspect
+ratio (``Resize(s)``); both then center crop ``crop`` x ``crop`` (nothing to crop when a squash
+has ``resize == crop``), scale to [0, 1] and normalise with ``mean`` / ``std``. Folder images are
+resized as PIL images by torchvision (so they equal torchvision's transforms on the same files);
+.npz and digits pixels as float tensors (antialiased except for ``nearest``, clamped to [0, 1]).
+Images already at ``crop`` x ``crop`` with ``resize == crop`` are left untouched (no
+resampling: both modes would return them unchanged).
 
 Splits: ``split="train"`` / ``"test"`` give a deterministic, stratified 80/20 hold-out (20% of
 every class, at least one image of any class with two or more). Membership is decided by a hash
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .config import Preprocessing
+from .config import RESIZE_MODES, Preprocessing, check_choice
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,6 +183,22 @@ def _needs_resize(h: int, w: int, pre: Preprocessing) -> bool:
     return not (h == w == pre.crop and pre.resize == pre.crop)
 
 
+def _resize_size(pre: Preprocessing) -> list[int]:
+    """torchvision's ``size`` argument for the resize step: ``[s, s]`` (squash: both sides,
+    aspect ratio not kept) or ``[s]`` (shorter side to s, aspect ratio kept)."""
+    if pre.resize_mode == "squash":
+        return [pre.resize, pre.resize]
+    if pre.resize_mode == "shorter":
+        return [pre.resize]
+    check_choice("resize mode", str(pre.resize_mode), RESIZE_MODES)  # raises: not validated
+    return [pre.resize]
+
+
+def antialias_for(pre: Preprocessing) -> bool:
+    """Whether float tensors are resized with antialiasing (PIL images always are)."""
+    return pre.interpolation != "nearest"
+
+
 def _pil_to_tensor(img, pre: Preprocessing) -> "torch.Tensor":
     """A PIL image -> [3, crop, crop] float32 in [0, 1] (not yet normalised)."""
     import torch
@@ -184,8 +206,9 @@ def _pil_to_tensor(img, pre: Preprocessing) -> "torch.Tensor":
 
     img = img.convert("RGB")
     if _needs_resize(img.height, img.width, pre):
-        img = TF.resize(img, [pre.resize], interpolation=_interpolation(pre.interpolation))
-        img = TF.center_crop(img, [pre.crop, pre.crop])
+        img = TF.resize(img, _resize_size(pre), interpolation=_interpolation(pre.interpolation))
+        if img.height != pre.crop or img.width != pre.crop:
+            img = TF.center_crop(img, [pre.crop, pre.crop])
     return TF.pil_to_tensor(img).to(torch.float32).div_(255.0)
 
 
@@ -195,10 +218,11 @@ def _resize_float(x: "torch.Tensor", pre: Preprocessing) -> "torch.Tensor":
 
     if not _needs_resize(x.shape[-2], x.shape[-1], pre):
         return x
-    antialias = pre.interpolation != "nearest"
-    x = TF.resize(x, [pre.resize], interpolation=_interpolation(pre.interpolation),
-                  antialias=antialias)
-    return TF.center_crop(x, [pre.crop, pre.crop]).clamp_(0.0, 1.0)
+    x = TF.resize(x, _resize_size(pre), interpolation=_interpolation(pre.interpolation),
+                  antialias=antialias_for(pre))
+    if x.shape[-2] != pre.crop or x.shape[-1] != pre.crop:
+        x = TF.center_crop(x, [pre.crop, pre.crop])
+    return x.clamp(0.0, 1.0)  # not in place: resize may hand back its (expanded) input
 
 
 # -- digits -----------------------------------------------------------------------------------
@@ -444,3 +468,36 @@ def default_data(manifest: dict, data: Optional[str], *, purpose: str = "this co
                     "model has a default)",
                     f"pass {flag} with images like the ones it will see: an ImageFolder "
                     "directory or an .npz")
+
+
+# -- generated images (no data set needed) ------------------------------------------------------
+
+def generated_images(n: int, channels: int, size: int, seed: int = 0) -> "np.ndarray":
+    """``n`` normalised images [n, channels, size, size] float32 of varied content, so that
+    gates activate different numbers of tokens per image: noise at three scales, flat images,
+    smooth gradients, blobs (export validation, synthetic models and benchmarks use them; a
+    real deployment is measured on real images)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    out = np.empty((n, channels, size, size), np.float32)
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            img = rng.standard_normal((channels, size, size))
+        elif kind == 1:
+            img = 0.3 * rng.standard_normal((channels, size, size))
+        elif kind == 2:
+            img = 2.0 * rng.standard_normal((channels, size, size))
+        elif kind == 3:
+            img = np.broadcast_to(rng.uniform(-1, 1, (channels, 1, 1)), (channels, size, size))
+        elif kind == 4:
+            a, b = rng.uniform(-1, 1, 2)
+            img = np.broadcast_to(a * xx + b * yy, (channels, size, size))
+        else:
+            cx, cy = rng.uniform(-0.5, 0.5, 2)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1)
+            img = (2 * blob - 1)[None] + 0.1 * rng.standard_normal((channels, size, size))
+        out[i] = img
+    return out

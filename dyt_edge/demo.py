@@ -1,17 +1,25 @@
-"""``dyt-edge demo``: the whole pipeline on the embedded digits model, in one command.
+"""``dyt-edge demo``: the whole pipeline in one command, on the embedded digits model (is every
+target exact?) and on a ViT-B/16-sized model (does skipping pay?).
 
 Steps (each reuses what is already there and still valid, so a second run is quick):
 
 1. **train** the digits demo model (``dyt-edge train --data digits``), or reuse
    ``runs/digits-mlp.safetensors`` when ``dyt-edge train`` wrote it from the digits preset;
-2. **export** it to ``dyt-edge-out/digits-mlp/`` (ONNX with TopK / GatherND / ScatterND
-   dispatch, validated in ONNX Runtime);
+2. **export** it to ``dyt-edge-out/digits-mlp/`` (ONNX + OpenVINO IR with the default ``pack``
+   dispatch, validated in ONNX Runtime and OpenVINO);
 3. **build** OpenVINO IR at fp32 and INT8 (NNCF, calibrated on the digits training split);
 4. per target (ONNX Runtime fp32, OpenVINO fp32, OpenVINO INT8, and OpenVINO bf16 where the CPU
    has it): **validate** against PyTorch on the held-out digits, then **bench** it against the
    complete model on the same runtime and precision;
-5. print one table: target | precision | status | size MB | accuracy | delta vs PyTorch |
-   ms/img | img/s | speedup vs complete.
+5. **ViT-B/16**: the 4-block, width-64 digits model is too small for skipping to pay (the
+   dispatch overhead is a large share of its tiny sub-blocks), so the same run also measures a
+   model of the paper's size: a synthetic ViT-B/16 DyT (:mod:`dyt_edge.synthetic`: random
+   weights at trained-model scales, gates calibrated so that half of the patch tokens of the
+   demo images are active; its accuracy means nothing and the table says so), saved to
+   ``runs/synthetic-vitb16.safetensors``, exported (not validated: the digits rows validate
+   every target) and benched on OpenVINO f32 against its complete model at batch 1 and 8;
+6. print one table: model | target | precision | status | size MB | accuracy | delta vs
+   PyTorch | ms/img | img/s | speedup vs complete at batch 1 and batched.
 
 A target that fails gets its row (``failed`` with the reason, or ``built, failed validation``)
 and the run goes on; the exit code is 1 when any target did not pass.
@@ -24,12 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .config import DEFAULT_DISPATCH
 from .errors import DytEdgeError
 
 DEFAULT_CHECKPOINT = Path("runs") / "digits-mlp.safetensors"
 DEFAULT_OUT = Path("dyt-edge-out") / "digits-mlp"
 BENCH_BATCHES = (1, 32)
 """ms/img is reported at batch 1 (latency), img/s and the speedup at batch 32 (throughput)."""
+VITB_CHECKPOINT = Path("runs") / "synthetic-vitb16.safetensors"
+VITB_DATA = Path("runs") / "synthetic-vitb16-images.npz"
+VITB_OUT = Path("dyt-edge-out") / "synthetic-vitb16"
+VITB_BATCHES = (1, 8)
+"""A ViT-B/16 inference on 2 cores takes ~0.2 s per image: batch 8 keeps the run short."""
+VITB_IMAGES = 32
+VITB_RATE = 0.5
+VITB_NAME = "ViT-B/16 (synthetic)"
 
 Say = Callable[[str], None]
 
@@ -39,7 +56,11 @@ class TargetRow:
     target: str
     precision: str
     status: str = "failed"
-    """``passed`` | ``built, failed validation`` | ``failed``."""
+    """``passed`` | ``built, failed validation`` | ``failed``; ``measured`` for the synthetic
+    model (benched, nothing to validate on)."""
+    model: str = "digits"
+    batched: int = BENCH_BATCHES[-1]
+    """The batch size of ``images_per_s`` and ``speedup``."""
     artifact: Optional[str] = None
     size_mb: Optional[float] = None
     accuracy: Optional[float] = None
@@ -75,7 +96,7 @@ class DemoResult:
 
     @property
     def passed(self) -> bool:
-        return all(r.status == "passed" for r in self.rows)
+        return all(r.status in ("passed", "measured") for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "trained": self.trained, "export": self.export,
@@ -133,16 +154,18 @@ def _reusable_export(out: Path, checkpoint: Path) -> bool:
         return False
     m = art.manifest
     return (m.get("source", {}).get("sha256") == file_sha256(checkpoint)
-            and m.get("dispatch", {}).get("mode") == "topk" and "openvino" in art.kinds
-            and bool(m.get("validation", {}).get("passed", True)))
+            and m.get("dispatch", {}).get("mode") == DEFAULT_DISPATCH and "openvino" in art.kinds
+            and bool((m.get("validation") or {}).get("passed", True)))
 
 
 def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
              retrain: bool = False, duration: float = 1.5, warmup: float = 0.3,
-             targets: Optional[list[tuple[str, str]]] = None, say: Optional[Say] = None
-             ) -> DemoResult:
+             targets: Optional[list[tuple[str, str]]] = None, say: Optional[Say] = None,
+             realistic: Any = True) -> DemoResult:
     """Run the demo; returns its result (the CLI renders it). Raises only when a step every
-    target depends on (training, export) fails."""
+    target depends on (training, export) fails. ``realistic``: True for the synthetic
+    ViT-B/16 row, False to leave it out, or a :class:`~dyt_edge.config.DyTConfig` to measure
+    a synthetic model of that shape instead (tests)."""
     say = say or (lambda _m: None)
     start = time.perf_counter()
     steps: dict[str, float] = {}
@@ -167,7 +190,8 @@ def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
     from .exporters.pipeline import ExportOptions, export_checkpoint
 
     if trained or not _reusable_export(out, checkpoint):
-        say(f"export: {checkpoint} -> {out} (ONNX + OpenVINO IR, topk dispatch, validated)")
+        say(f"export: {checkpoint} -> {out} (ONNX + OpenVINO IR, {DEFAULT_DISPATCH} dispatch, "
+            "validated)")
         export_checkpoint(checkpoint, out, ExportOptions(format="openvino"))
     else:
         say(f"export: reusing {out}")
@@ -183,6 +207,13 @@ def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
         row = _run_target(exported, target, precision, duration, warmup, say, built)
         row.seconds = time.perf_counter() - t0
         steps[f"{target}-{precision}"] = row.seconds
+        rows.append(row)
+    if realistic is not False:
+        t0 = time.perf_counter()
+        row = realistic_row(None if realistic is True else realistic, duration=duration,
+                            warmup=warmup, say=say)
+        row.seconds = time.perf_counter() - t0
+        steps["vitb16"] = row.seconds
         rows.append(row)
     return DemoResult(checkpoint=str(checkpoint), trained=trained, export=str(out), rows=rows,
                       seconds=time.perf_counter() - start, steps=steps)
@@ -252,3 +283,116 @@ def _model_megabytes(art, target: str) -> Optional[float]:
     kinds = ("onnx",) if target == "onnxruntime" else ("openvino", "openvino_weights")
     total = sum(int(files[k].get("bytes", 0)) for k in kinds if k in files)
     return total / 1e6 if total else None
+
+
+# -- the realistic-size model ---------------------------------------------------------------------
+
+def realistic_row(config: Any = None, *, duration: float = 1.5, warmup: float = 0.3,
+                  say: Optional[Say] = None, checkpoint: Path = VITB_CHECKPOINT,
+                  data: Path = VITB_DATA, out: Path = VITB_OUT) -> TargetRow:
+    """The synthetic ViT-B/16 row (see the module doc): build or reuse the model and its
+    export, then bench it on OpenVINO f32 against its complete model. ``config``: another
+    shape than ViT-B/16 (tests)."""
+    from .config import Preprocessing
+    from .synthetic import vitb16_config
+
+    say = say or (lambda _m: None)
+    cfg = config or vitb16_config(preprocessing=Preprocessing.vtab(224))
+    row = TargetRow(target="openvino", precision="fp32", model=VITB_NAME if config is None
+                    else f"synthetic {cfg.embed_dim}x{cfg.depth}", batched=VITB_BATCHES[-1])
+    try:
+        _synthetic_files(cfg, checkpoint, data, out, say)
+        from .artifacts import load_artifact
+        from .bench import bench_artifact
+
+        art = load_artifact(out)
+        row.artifact = str(art.path)
+        row.size_mb = _model_megabytes(art, "openvino")
+        say(f"bench: {row.model} on OpenVINO f32 vs its complete model, batch "
+            f"{', '.join(map(str, VITB_BATCHES))} (the complete model is exported on first use)")
+        progress = _Milestones(say, "bench: ")
+        bench = bench_artifact(art, "openvino", precision="fp32", batches=VITB_BATCHES,
+                               duration=duration, warmup=warmup, data=str(data),
+                               images=VITB_IMAGES, progress=progress)
+        b1, bn = bench.result(VITB_BATCHES[0]), bench.result(VITB_BATCHES[-1])
+        row.ms_per_image = b1.dyt.latency.mean / b1.batch
+        row.images_per_s = bn.dyt.images_per_s
+        row.speedup, row.speedup_b1 = bn.speedup, b1.speedup
+        row.flops_ratio = bn.flops_ratio
+        row.status = "measured"
+    except DytEdgeError as exc:
+        row.error = str(exc)
+        say(f"[{row.model}] {exc}")
+    except Exception as exc:  # noqa: BLE001 - the digits rows stand on their own
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        row.error = f"{type(exc).__name__}: {first}"
+        say(f"[{row.model}] unexpected error: {row.error}")
+    return row
+
+
+def _synthetic_files(cfg: Any, checkpoint: Path, data: Path, out: Path, say: Say) -> None:
+    """The demo images (.npz), the synthetic checkpoint and its export, each made unless a
+    valid one is there."""
+    import json
+
+    import numpy as np
+
+    from .artifacts import atomic_write_bytes
+    from .data import load_images
+    from .synthetic import pixel_images
+
+    record = json.dumps({"config": cfg.to_dict(), "rate": VITB_RATE, "seed": 0,
+                         "images": VITB_IMAGES}, sort_keys=True)
+    if not _same_synthetic(checkpoint, record) or not data.is_file():
+        say(f"synthetic: {VITB_IMAGES} demo images -> {data}")
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, images=pixel_images(VITB_IMAGES, cfg.img_size, seed=2026))
+        data.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(data, buf.getvalue())
+        say(f"synthetic: a {cfg.depth}-block width-{cfg.embed_dim} DyT with random weights at "
+            f"trained-model scales, gates calibrated to r {VITB_RATE:g} on those images -> "
+            f"{checkpoint}")
+        from .checkpoint import save_model
+        from .synthetic import synthetic_model
+
+        images = load_images(str(data), cfg.preprocessing).images.numpy()
+        model = synthetic_model(cfg, rate=VITB_RATE, images=images)
+        save_model(model, checkpoint, metadata={"dyt_edge.synthetic": record})
+        del model
+    else:
+        say(f"synthetic: reusing {checkpoint}")
+    if not _reusable_export(out, checkpoint):
+        from .exporters.pipeline import ExportOptions, export_checkpoint
+
+        say(f"export: {checkpoint} -> {out} (OpenVINO IR, {DEFAULT_DISPATCH} dispatch; not "
+            "validated: a random model, the digits rows validate every target)")
+        export_checkpoint(checkpoint, out, ExportOptions(format="openvino", validate=False),
+                          progress=lambda stage: say(f"export: {stage}"))
+    else:
+        say(f"export: reusing {out}")
+
+
+def _same_synthetic(path: Path, record: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        from .checkpoint import read_checkpoint
+
+        return read_checkpoint(path).metadata.get("dyt_edge.synthetic") == record
+    except DytEdgeError:
+        return False
+
+
+class _Milestones:
+    """A bench progress callback that passes on each new step once (not every tick)."""
+
+    def __init__(self, say: Say, prefix: str) -> None:
+        self.say, self.prefix, self.last = say, prefix, None
+
+    def __call__(self, message: str, fraction: Optional[float]) -> None:
+        step = message.split(":")[0] if message.startswith("batch ") else message
+        if step != self.last:
+            self.last = step
+            self.say(self.prefix + step)

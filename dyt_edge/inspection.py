@@ -60,19 +60,20 @@ def measure_dispatch(model, images, labels=None, *, batch_size: int = 64,
 
 def inspect_checkpoint(path: str | Path, *, data: Optional[str] = None, samples: int = 512,
                        batch_size: int = 64, progress: Optional[Callable[[int], None]] = None,
-                       **overrides: Any) -> dict[str, Any]:
-    """Describe a checkpoint; with ``data``, measure activation rates (and accuracy) on it."""
+                       class_names: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Describe a checkpoint; with ``data``, measure activation rates (and accuracy) on it.
+    ``class_names`` (a file or a list) win over the names the checkpoint records."""
     from .checkpoint import read_checkpoint
     from .flops import model_flops, plain_vit_flops
     from .model import build_model
 
     if samples <= 0:
         raise UsageError(f"--samples must be positive, got {samples}")
-    loaded = read_checkpoint(path, **overrides)
+    loaded = read_checkpoint(path, class_names=class_names, **overrides)
     cfg = loaded.config
     model = build_model(cfg, init_weights=False)
     model.load_state_dict(loaded.state_dict, strict=True)
-    model.eval().set_dispatch("topk")
+    model.eval().set_dispatch("pack")
 
     complete = model_flops(cfg)
     info: dict[str, Any] = {
@@ -80,6 +81,8 @@ def inspect_checkpoint(path: str | Path, *, data: Optional[str] = None, samples:
                        "format": loaded.format, "layout": loaded.layout},
         "config": cfg.to_dict(),
         "provenance": dict(loaded.provenance),
+        "class_names": loaded.class_names,
+        "class_names_source": loaded.class_names_source,
         "dispatchers": cfg.dispatcher_names,
         "parameters": count_parameters(model),
         "flops": {"plain_vit": plain_vit_flops(cfg), "complete": complete.total},

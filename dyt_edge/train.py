@@ -124,7 +124,8 @@ class TrainConfig:
     num_heads: Optional[int] = None
     mlp_ratio: Optional[float] = None
     preprocessing: Optional[str] = None
-    """``vtab`` (resize, mean = std = 0.5; default) or ``imagenet``."""
+    """``vtab`` (bicubic squash to img x img, mean = std = 0.5; default) or ``imagenet``
+    (shorter side to img / 0.875, center crop, ImageNet stats)."""
     gate_bias: Optional[float] = None
     """Initial bias of every dispatcher's gate logit (0: start at 50% active)."""
     pos_embed_init: Optional[Any] = None
@@ -855,7 +856,8 @@ def train(cfg: TrainConfig, progress: Optional[Progress] = None) -> TrainResult:
         emit("eval", accuracy=ev.accuracy, activation=result.activation_mean)
 
         if rc.output is not None:
-            result.checkpoint = _save(model, rc, result)
+            result.checkpoint = _save(model, rc, result,
+                                      class_names=train_set.class_names or test_set.class_names)
     result.total_seconds = time.perf_counter() - t_start
     emit("done", accuracy=result.accuracy, activation=result.activation_mean)
     return result
@@ -930,11 +932,18 @@ def _fit(model, rc: TrainConfig, train_set: "ImageSet", pre: Preprocessing,
     return history, stopped, time.perf_counter() - t0
 
 
-def _save(model, rc: TrainConfig, result: TrainResult) -> Path:
+def _save(model, rc: TrainConfig, result: TrainResult,
+          class_names: Optional[list[str]] = None) -> Path:
+    """The checkpoint, with the training record and (when the data names them, one per class)
+    the class names in its metadata."""
     from .checkpoint import save_model
+    from .class_names import METADATA_KEY
 
     metadata = {
         "dyt_edge.training": json.dumps(rc.to_dict(), sort_keys=True),
         "dyt_edge.training_result": json.dumps(result.summary(), sort_keys=True),
     }
+    if class_names and len(class_names) == model.config.num_classes \
+            and len(set(class_names)) == len(class_names):
+        metadata[METADATA_KEY] = json.dumps([str(n) for n in class_names])
     return Path(save_model(model, Path(rc.output), metadata=metadata))

@@ -89,7 +89,7 @@ class Measurement:
     """The activation rate the model was trained towards, when the checkpoint records it."""
     skipped: int = 0
     """Unreadable image files left out of the data."""
-    dispatch: str = "topk"
+    dispatch: str = "pack"
 
     @property
     def dispatchers(self) -> list[str]:
@@ -491,7 +491,8 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
     """
     import numpy as np
 
-    from .config import DyTConfig, Preprocessing, check_choice
+    from . import artifacts
+    from .config import DyTConfig, check_choice
     from .data import default_data
     from .runtimes import TARGETS
 
@@ -525,8 +526,7 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
     if src.kind == "artifact":
         manifest = src.artifact.manifest
         config = DyTConfig.from_dict(manifest["model"])
-        pre_dict = manifest.get("preprocessing")
-        pre = Preprocessing.from_dict(pre_dict) if pre_dict else config.preprocessing
+        pre = artifacts.preprocessing_of(manifest)
         spec = default_data(manifest, data, purpose="visualize")
         imageset = _load_data(spec, pre, samples, config)  # before the (slower) runtime
         run, runtime = _artifact_runner(src.artifact, target)
@@ -541,7 +541,7 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
         spec = default_data(pseudo, data, purpose="visualize")
         imageset = _load_data(spec, pre, samples, config)
         static = None
-        dispatch = "topk"
+        dispatch = "pack"
 
     try:
         if on_start:

@@ -152,6 +152,42 @@ def check_capacity(dispatch: str, capacity: Optional[float]) -> Optional[float]:
     return None
 
 
+def output_target(fmt: ExportFormat, output: Any) -> Any:
+    """What ``-o`` asks of ``fmt``: an :class:`~dyt_edge.artifacts.OutputTarget` (a directory,
+    or a model file name inside one). A file name whose suffix ``fmt`` does not write is a
+    :class:`UsageError` naming the fix."""
+    from pathlib import Path
+
+    from dyt_edge import artifacts
+
+    p = Path(output)
+    suffix = Path(fmt.primary).suffix
+    writes = {f.name: Path(f.primary).suffix for f in FORMATS.values()}
+    refuse: dict[str, tuple[str, str]] = {}
+    for other, other_suffix in writes.items():
+        if other_suffix != suffix:
+            refuse[other_suffix] = (
+                f"--format {fmt.name} writes a model file ending in {suffix}, not "
+                f"{other_suffix}", f"pass -o {p.with_suffix(suffix)}, or --format {other} for "
+                f"a {other_suffix} file")
+    refuse[".bin"] = ("a .bin is the OpenVINO weights file, written beside the .xml",
+                      f"pass -o {p.with_suffix(suffix)}"
+                      + (f" (--format {fmt.name} writes {p.with_suffix('.bin').name} "
+                         "beside it)" if fmt.name == "openvino" else ""))
+    refuse[".json"] = (f"-o names the model file; the manifest ({artifacts.MANIFEST_NAME}) is "
+                       "written beside it", f"pass -o {p.with_suffix(suffix)}, or a directory")
+    for engine in (".engine", ".plan"):
+        refuse[engine] = ("a TensorRT engine is built from an export, not exported",
+                          f"export with -o {p.with_suffix('.onnx')}, then run `dyt-edge build "
+                          "--target tensorrt` on it")
+    if fmt.name == "openvino":
+        refuse[".onnx"] = (f"--format openvino writes an .xml IR (+ .bin; the validated ONNX "
+                           f"is kept beside it as {p.with_suffix('.onnx').name})",
+                           f"pass -o {p.with_suffix('.xml')}, or --format onnx for an .onnx "
+                           "model")
+    return artifacts.output_target(p, suffix, refuse)
+
+
 def format_table_markdown() -> str:
     """The README's table of formats and the options each takes."""
     rows = ["| format | files | options | validated on | CPU | GPU |",

@@ -104,6 +104,9 @@ class GraphReport:
     """Totals over dispatchers."""
     tensorrt: list[TensorRTCheck]
     notes: list[str]
+    deployment: dict[str, str] = field(default_factory=dict)
+    """Per target (``onnxruntime``, ``openvino``, ``tensorrt``): what this graph's dispatch
+    does there and why (:func:`deployment_notes`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -363,8 +366,44 @@ def analyze(model: onnx.ModelProto, names: Optional[list[str]] = None) -> GraphR
         gate_fp32=bool(dispatchers) and all(d.gate_fp32 for d in dispatchers),
         dispatch_ops=dict(sorted(totals.items())),
         tensorrt=_tensorrt_checks(g, opset, census, dispatchers),
-        notes=notes)
+        notes=notes, deployment=deployment_notes({d.mode for d in dispatchers}))
     return report
+
+
+def deployment_notes(modes: set[str]) -> dict[str, str]:
+    """What a graph whose dispatchers run ``modes`` (``pack``, ``topk``, ``capacity``,
+    ``dense``) gets on each target, and why. ``pack`` graphs of the attention variants hold
+    ``topk`` dispatchers too: attention sub-blocks gather per image."""
+    cpu = []
+    trt = []
+    if "pack" in modes:
+        cpu.append("MLP dispatchers pack the batch's active tokens into one matrix (NonZero / "
+                   "GatherND / ScatterND): a batch costs its mean activation at every batch size")
+        trt.append("NonZero (TensorRT >= 8.5) gives the batch's active-token count M at run "
+                   "time: exact, a batch costs its mean; M is a data-dependent shape (no CUDA "
+                   "graphs)")
+    if "topk" in modes:
+        what = ("attention dispatchers" if "pack" in modes else "dispatchers")
+        cpu.append(f"{what} gather per image (TopK, K = the batch's busiest image, padding "
+                   "masked): a batch costs its busiest image")
+        trt.append(f"{what}: TopK with a data-dependent K (TensorRT >= 8.6, K < 3840, sorted): "
+                   "exact, a data-dependent shape (no CUDA graphs)")
+    if "capacity" in modes:
+        cpu.append("static K per layer (TopK with a constant K): a fixed cost; tokens beyond "
+                   "the capacity are dropped (validate counts them)")
+        trt.append("static K: static shapes, kernels for the exact shapes, CUDA graphs "
+                   "possible; tokens beyond the capacity are dropped")
+    if not modes - {"dense"}:
+        cpu.append("no token skipping: every token is computed")
+        trt.append("no token skipping: static shapes")
+    if modes & {"pack", "topk"}:
+        trt.append("for static shapes export --dispatch capacity --capacity C")
+    cpu_text = "; ".join(cpu)
+    return {"onnxruntime": cpu_text,
+            "openvino": cpu_text + ("; the CPU plugin runs NonZero / TopK / GatherND / ScatterND "
+                                    "with dynamic shapes, INT8 keeps the whole dispatch path "
+                                    "float" if modes - {"dense"} else ""),
+            "tensorrt": "; ".join(trt)}
 
 
 def _tensor_bytes(t: TensorProto) -> int:
@@ -452,5 +491,7 @@ def render(report: GraphReport | dict[str, Any], console=None) -> None:
         trt.add_row(c["target"], "[green]ok[/]" if c["ok"] else "[red]no[/]",
                     "; ".join(c["issues"]) or "-")
     console.print(trt)
+    for target, text in (r.get("deployment") or {}).items():
+        console.print(f"[bold]on {target}[/]: {text}")
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {note}")

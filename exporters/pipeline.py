@@ -1,8 +1,12 @@
 """The export pipeline: checkpoint -> validated ONNX (-> OpenVINO IR) in an artifact directory.
 
 Stages (each timed): load, export, graph, simplify, validate, write, openvino, validate
-(openvino). Nothing reaches the output directory until every stage has passed: the artifact is
-built in a staging directory and swapped in (:func:`dyt_edge.artifacts.staged_directory`).
+(openvino). Nothing reaches the output until every stage has passed: the artifact is built in a
+staging directory, then swapped in as a whole (``-o DIR``:
+:func:`dyt_edge.artifacts.staged_directory`) or, for ``-o DIR/NAME.onnx`` (``NAME.xml`` for
+OpenVINO), its files renamed into DIR one by one, the manifest last, leaving everything else in
+DIR alone (:func:`dyt_edge.artifacts.staged_files`). The file names come from the format's table
+(:data:`formats.FORMATS`) and the -o name; the manifest's ``files`` records them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ from typing import Any, Callable, Optional
 
 from dyt_edge import artifacts
 from dyt_edge._version import __version__
-from dyt_edge.config import check_choice
+from dyt_edge.config import DEFAULT_DISPATCH, check_choice
 from dyt_edge.errors import ConfigError, UsageError
 
 from . import formats
 from .errors import ExportError
 from .validation import DEFAULT_ATOL, LARGE_BATCH
 
-DISPATCH_MODES = ("topk", "pack", "capacity", "mask", "complete")
-"""As :data:`dyt_edge.model.DISPATCH_MODES` (repeated here so option checks need no torch)."""
+DISPATCH_MODES = ("pack", "topk", "capacity", "mask", "complete")
+"""As :data:`dyt_edge.config.DISPATCH_MODES`, the default first."""
 # Dispatch ops every dispatcher must show in the graph, per mode (``pack`` sends attention
 # sub-blocks through TopK: either is fine there).
 EXPECTED_OPS = {
@@ -41,7 +45,7 @@ class ExportOptions:
     """What to export; :meth:`checked` validates and normalises (torch-free, cheap)."""
 
     format: str = "onnx"
-    dispatch: str = "topk"
+    dispatch: str = DEFAULT_DISPATCH
     capacity: Optional[float] = None
     opset: Optional[int] = None
     batch: Optional[int] = None
@@ -119,21 +123,24 @@ class _Clock:
 
 def export_checkpoint(checkpoint, output=None, options: Optional[ExportOptions] = None, *,
                       overrides: Optional[dict[str, Any]] = None,
+                      class_names: Any = None,
                       progress: Progress = None) -> ExportResult:
     """Export a checkpoint file (published layout or dyt-edge .safetensors).
 
     ``output`` defaults to ``dyt-edge-out/<checkpoint stem>/``; ``overrides`` are
-    :class:`DyTConfig` fields for what the checkpoint does not say (``adapter_scale``, ...).
+    :class:`DyTConfig` fields for what the checkpoint does not say (``adapter_scale``, ...);
+    ``class_names`` (a text file, one name per line, or a list) win over the names the
+    checkpoint records (see :func:`dyt_edge.checkpoint.read_checkpoint`).
     """
     opts = (options or ExportOptions()).checked()
-    target = Path(output) if output is not None else artifacts.default_output_dir(checkpoint)
-    artifacts.check_output_dir(target)
+    target = output_target(Path(output) if output is not None
+                           else artifacts.default_output_dir(checkpoint), opts)
     clock = _Clock(progress)
     with clock.stage("load"):
         from dyt_edge.checkpoint import read_checkpoint
         from dyt_edge.model import build_model
 
-        loaded = read_checkpoint(checkpoint, **(overrides or {}))
+        loaded = read_checkpoint(checkpoint, class_names=class_names, **(overrides or {}))
         model = build_model(loaded.config, init_weights=False)
         model.load_state_dict(loaded.state_dict, strict=True)
         model.float().eval()
@@ -141,21 +148,55 @@ def export_checkpoint(checkpoint, output=None, options: Optional[ExportOptions] 
               "format": loaded.format, "layout": loaded.layout,
               "provenance": dict(loaded.provenance),
               "training": _training_record(loaded.metadata)}
-    return export_model(model, target, opts, source=source, _clock=clock)
+    return export_model(model, target, opts, source=source, class_names=loaded.class_names,
+                        class_names_source=loaded.class_names_source, _clock=clock)
 
 
 def export_model(model, output, options: Optional[ExportOptions] = None, *,
                  source: Optional[dict[str, Any]] = None, progress: Progress = None,
+                 class_names: Optional[list[str]] = None,
+                 class_names_source: Optional[str] = None,
                  _clock: Optional[_Clock] = None) -> ExportResult:
-    """Export an in-memory DyT model (its dispatch mode is restored afterwards)."""
+    """Export an in-memory DyT model (its dispatch mode is restored afterwards).
+
+    ``output``: an artifact directory, a model file path inside one (``out/model.onnx``), or an
+    :class:`~dyt_edge.artifacts.OutputTarget`. ``class_names`` (one per class, in logit order)
+    go into the manifest and the model's metadata, with ``class_names_source``."""
     opts = (options or ExportOptions()).checked()
-    target = Path(output)
-    artifacts.check_output_dir(target)
+    if class_names is not None:
+        from dyt_edge.class_names import check_count, check_unique
+
+        class_names = check_count(check_unique([str(n) for n in class_names], "the class names"),
+                                  model.config.num_classes, "the class names")
+        class_names_source = class_names_source or "given"
+    classes = {"names": class_names, "source": class_names_source if class_names else None}
+    target = (output if isinstance(output, artifacts.OutputTarget)
+              else output_target(Path(output), opts))
     clock = _clock or _Clock(progress)
     fmt = formats.get_format(opts.format)
     with model.dispatching(opts.dispatch, opts.capacity):
         return _export(model, target, opts, fmt, source or {"path": None, "sha256": None,
-                                                              "format": "in-memory"}, clock)
+                                                              "format": "in-memory"}, clock,
+                       classes=classes)
+
+
+def output_target(output: Path, opts: ExportOptions) -> "artifacts.OutputTarget":
+    """Where ``-o`` sends the export, checked before any work is done: a directory (replaced as
+    a whole) or a model file name inside one (only the artifact's own files written)."""
+    fmt = formats.get_format(opts.format)
+    target = formats.output_target(fmt, output)
+    if target.is_file:
+        artifacts.check_output_files(target.directory,
+                                     list(target.file_names(fmt.files).values()), target.stem)
+    else:
+        artifacts.check_output_dir(target.directory, fmt.primary)
+    return target
+
+
+def _staged(target: "artifacts.OutputTarget", names: dict[str, str]):
+    if target.is_file:
+        return artifacts.staged_files(target.directory, list(names.values()), target.stem)
+    return artifacts.staged_directory(target.directory)
 
 
 def _training_record(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
@@ -186,12 +227,13 @@ def expected_dispatch_problems(report, mode: str) -> list[str]:
     return problems
 
 
-def _export(model, target: Path, opts: ExportOptions, fmt, source, clock: _Clock
-            ) -> ExportResult:
+def _export(model, target: "artifacts.OutputTarget", opts: ExportOptions, fmt, source,
+            clock: _Clock, *, classes: Optional[dict[str, Any]] = None) -> ExportResult:
     from .graph_report import analyze
     from .simplify import SimplifyResult, simplify
     from .torch_onnx import export_onnx, tidy_graph
-    from .validation import OrtRunner, TorchReference, generated_images, validate
+    from .validation import (Case, OrtRunner, RoundingScale, TorchReference,
+                             generated_images, make_cases, validate)
 
     cfg = model.config
     names = cfg.dispatcher_names
@@ -206,28 +248,35 @@ def _export(model, target: Path, opts: ExportOptions, fmt, source, clock: _Clock
         _check_graph(report, names, opts.dispatch)
 
     external = proto.ByteSize() > _TWO_GB
+    # fp32 is judged by the model's own rounding: PyTorch fp32 against the model in float64 on
+    # the validation cases (or, without validation, on the images simplification checks).
+    reference = TorchReference(model)
+    cases = make_cases(cfg, static_batch=opts.batch, large_batch=opts.large_batch)
+    check = generated_images(opts.batch or 2, cfg.in_chans, cfg.img_size, seed=7)
+    with clock.stage("rounding"):
+        rounding = (reference.rounding(cases) if opts.validate
+                    else reference.rounding([Case("simplify check", check)])
+                    if opts.simplify and not external else RoundingScale(0.0, None, 0))
     sim = SimplifyResult(requested=opts.simplify)
     runner = None
     if opts.simplify and external:
         notes.append("simplification skipped: the model is over 2 GB")
     elif opts.simplify:
         with clock.stage("simplify"):
-            n = opts.batch or 2
-            check = generated_images(n, cfg.in_chans, cfg.img_size, seed=7)
-            proto, sim, runner = simplify(proto, names, check, atol=opts.atol)
+            proto, sim, runner = simplify(proto, names, check,
+                                          atol=rounding.tolerance(opts.atol))
             report = analyze(proto, names)
             _check_graph(report, names, opts.dispatch)
         if sim.tool is None:
             notes.append(f"simplification: {sim.summary()}")
 
-    meta = _metadata(cfg, opts, source, report)
+    meta = _metadata(cfg, opts, source, report, classes)
     with clock.stage("serialize"):
         if runner is None and not external:
             runner = OrtRunner(proto)
         onnx_bytes = runner.serialized if runner is not None else b""
 
     validation = None
-    reference = TorchReference(model)
     if opts.validate:
         with clock.stage("validate"):
             if external:
@@ -235,8 +284,8 @@ def _export(model, target: Path, opts: ExportOptions, fmt, source, clock: _Clock
                                   "pass --no-validate")
             validation = validate(runner, model,
                                   gate_biases=[d.gate_bias for d in report.dispatchers],
-                                  atol=opts.atol, static_batch=opts.batch,
-                                  large_batch=opts.large_batch, reference=reference)
+                                  atol=opts.atol, cases=cases, reference=reference,
+                                  rounding=rounding)
             validation.notes.append(
                 "the forced-gate cases override the gate biases with "
                 "SessionOptions.add_initializer, which needs graph optimisations off")
@@ -249,13 +298,19 @@ def _export(model, target: Path, opts: ExportOptions, fmt, source, clock: _Clock
 
     ov_validation = None
     files: dict[str, Path] = {}
+    file_names = target.file_names(fmt.files)  # (`names` are the dispatchers)
+    if target.is_file:
+        notes.extend(artifacts.check_output_files(target.directory, list(file_names.values()),
+                                                  target.stem))
     try:
-        with artifacts.staged_directory(target) as staging:
+        with _staged(target, file_names) as staging:
             with clock.stage("write"):
-                onnx_path = staging / "model.onnx"
+                onnx_path = staging / file_names["onnx"]
                 if external:
                     _save_external(proto, onnx_path, meta)
-                    notes.append("the model is over 2 GB: weights written to model.onnx.data")
+                    files["onnx_weights"] = staging / (onnx_path.name + ".data")
+                    notes.append(f"the model is over 2 GB: weights written to "
+                                 f"{onnx_path.name}.data")
                 else:
                     artifacts.atomic_write_bytes(onnx_path, [onnx_bytes, _metadata_tail(meta)])
                 files["onnx"] = onnx_path
@@ -267,37 +322,38 @@ def _export(model, target: Path, opts: ExportOptions, fmt, source, clock: _Clock
                               for d in report.dispatchers if d.gate_bias}
                     placeholder = (None if external
                                    else _with_placeholder_biases(proto, report))
-                    xml = staging / "model.xml"
+                    xml = staging / file_names["openvino"]
                     notes.extend(convert(onnx_bytes, xml, dispatcher_names=names,
                                          gate_biases=biases,
                                          placeholder_bytes=placeholder or onnx_bytes,
                                          metadata=meta))
                     files["openvino"] = xml
-                    files["openvino_weights"] = staging / "model.bin"
+                    files["openvino_weights"] = staging / file_names["openvino_weights"]
                 if opts.validate:
                     with clock.stage("validate (openvino)"):
                         ov_runner = OpenVinoRunner(xml, names)
                         ov_validation = validate(ov_runner, model,
                                                  gate_biases=ov_runner.overridable(),
-                                                 atol=opts.atol, static_batch=opts.batch,
-                                                 large_batch=opts.large_batch,
-                                                 reference=reference)
+                                                 atol=opts.atol, cases=cases,
+                                                 reference=reference, rounding=rounding)
                         ov_validation.notes.append(
                             f"compiled with INFERENCE_PRECISION_HINT={ov_runner.precision()}")
                         ov_runner.close()
                     ov_validation.raise_if_failed()
             with clock.stage("manifest"):
                 manifest = _manifest(cfg, opts, fmt, source, report, validation, ov_validation,
-                                     sim, files, staging, notes, clock.timings)
+                                     sim, files, staging, notes, clock.timings,
+                                     output=target.record(), classes=classes)
                 artifacts.write_manifest(staging, manifest)
     except OSError as exc:
         raise artifacts.ArtifactError(
-            f"cannot write the artifact to {target}: {exc.strerror or exc}",
+            f"cannot write the artifact to {target.directory}: {exc.strerror or exc}",
             "check free space and permissions; nothing was written") from exc
-    final = {k: target / p.name for k, p in files.items()}
-    return ExportResult(path=target, manifest=manifest, files=final, timings=clock.timings,
-                        report=report, validation=validation, openvino_validation=ov_validation,
-                        simplify=sim, notes=notes, cpu_timings=clock.cpu_timings)
+    final = {k: target.directory / p.name for k, p in files.items()}
+    return ExportResult(path=target.directory, manifest=manifest, files=final,
+                        timings=clock.timings, report=report, validation=validation,
+                        openvino_validation=ov_validation, simplify=sim, notes=notes,
+                        cpu_timings=clock.cpu_timings)
 
 
 def _check_graph(report, names: list[str], mode: str) -> None:
@@ -335,10 +391,12 @@ def _with_placeholder_biases(proto, report) -> bytes:
     return copy.SerializeToString()
 
 
-def _metadata(cfg, opts: ExportOptions, source, report) -> dict[str, str]:
-    """ONNX metadata_props / OpenVINO rt_info: flat string key/values."""
+def _metadata(cfg, opts: ExportOptions, source, report,
+              classes: Optional[dict[str, Any]] = None) -> dict[str, str]:
+    """ONNX metadata_props / OpenVINO rt_info: flat string key/values (``dyt_edge.class_names``,
+    a JSON list, only when the class names are known)."""
     inp = report.inputs[0] if report.inputs else {}
-    return {
+    meta = {
         "dyt_edge.version": __version__,
         "dyt_edge.source.path": str(source.get("path")),
         "dyt_edge.source.sha256": str(source.get("sha256")),
@@ -354,6 +412,10 @@ def _metadata(cfg, opts: ExportOptions, source, report) -> dict[str, str]:
         "dyt_edge.outputs": json.dumps(report.outputs),
         "dyt_edge.dispatchers": json.dumps(cfg.dispatcher_names),
     }
+    names = (classes or {}).get("names")
+    if names:
+        meta["dyt_edge.class_names"] = json.dumps(list(names))
+    return meta
 
 
 def _metadata_tail(meta: dict[str, str]) -> bytes:
@@ -380,7 +442,8 @@ def _save_external(proto, path: Path, meta: dict[str, str]) -> None:
 
 
 def _manifest(cfg, opts, fmt, source, report, validation, ov_validation, sim, files, staging,
-              notes, timings) -> dict[str, Any]:
+              notes, timings, *, output: Optional[dict[str, Any]] = None,
+              classes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     file_info = {}
     for kind, path in files.items():
         p = staging / path.name
@@ -391,8 +454,11 @@ def _manifest(cfg, opts, fmt, source, report, validation, ov_validation, sim, fi
     return artifacts.new_manifest(
         format=fmt.name,
         files=file_info,
+        output=output or {"mode": "directory"},
         source=source,
         model=cfg.to_dict(),
+        class_names=list((classes or {}).get("names") or []) or None,
+        class_names_source=(classes or {}).get("source"),
         variant=cfg.variant,
         adapter=cfg.adapter_kind,
         dispatch={"mode": opts.dispatch, "capacity": opts.capacity, "capacity_slots": slots,

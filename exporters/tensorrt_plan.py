@@ -1,24 +1,30 @@
 """TensorRT build plans: batch profiles, trtexec command lines, engine metadata, and which
 dispatch mode to deploy. Torch-free and TensorRT-free (tested on machines without either).
 
-Dispatch on TensorRT: ``topk`` or ``capacity``
------------------------------------------------
-Both export modes build and run on TensorRT 10.x and 11.x; they differ in what TensorRT knows
-about shapes when it builds the engine.
+Dispatch on TensorRT: ``pack`` (the default), ``topk`` or ``capacity``
+--------------------------------------------------------------------
+All three export modes parse on TensorRT 10.x and 11.x (NonZero since 8.5, TopK with a
+data-dependent K since 8.6 as long as K < 3840 and ``sorted=1``, GatherND, ScatterND without a
+reduction); they differ in what TensorRT knows about shapes when it builds the engine, and in
+what a batch costs.
 
-``topk`` (the default export) computes, per batch, K = the largest number of tokens any image
-of the batch lets through, and gathers that many tokens per image (TopK with a data-dependent K,
-then GatherND / ScatterND). The result is exactly the DyT reference (no token is ever dropped).
-TensorRT's ONNX parser takes it since 8.6 as long as K stays below 3840 and ``sorted=1`` (the
-dry-run report checks both: the bound is the token count of a layer, 196 for ViT-B/16 at 224
-px). But the tokens between the gather and the scatter then have a *data-dependent* shape:
-TensorRT picks kernels without knowing it, has to learn the size on the host while the engine
-runs, and such an engine cannot be captured in a CUDA graph. Data-dependent token counts (and
-badly chosen profiles) are the classic reason "TensorRT is slower than PyTorch". No output
-allocator is needed: the engine's outputs (``logits`` [B, classes], ``masks`` [B, L, N]) have
-shapes that follow from the batch alone; output allocators are only for data-dependent
-*outputs* (a ``NonZero`` that is a network output). Also, K is a batch maximum: one busy image
-makes the whole batch pay for its tokens.
+``pack`` (the default export) finds the active tokens of the whole batch with NonZero, gathers
+them into one ``[M, C]`` matrix (GatherND), runs the MLP on it and scatters the results back
+(ScatterND): M is the batch's total active count, so a batch costs its *mean* activation, at any
+batch size. ``topk`` computes, per batch, K = the largest number of tokens any image lets
+through and gathers ``[B, K, C]`` (TopK with a data-dependent K): one busy image makes the whole
+batch pay for its tokens. Both are exactly the DyT reference (no token is ever dropped), and
+both have one *data-dependent* dimension per dispatcher (M or K), known only while the engine
+runs: TensorRT picks kernels without knowing it, has to learn the size while the engine runs,
+and such an engine cannot be captured in a CUDA graph. Since they pay that price alike, ``pack``
+is the better of the two for the ``mlp`` variant (equal at batch 1, the mean instead of the
+maximum above it), and it has no TopK, so TensorRT's K < 3840 bound does not apply (a TopK over
+the flattened batch would pass it at batch 20 with ViT-B/16's 197 tokens, which is why ``pack``
+uses NonZero). Attention sub-blocks (variants ``attn``, ``attn_mlp``, ``layer``) gather per image
+in both modes (TopK, K = the batch maximum): each image attends among its own tokens only. No
+output allocator is needed: the engine's outputs (``logits`` [B, classes], ``masks`` [B, L, N])
+have shapes that follow from the batch alone; output allocators are only for data-dependent
+*outputs* (a ``NonZero`` that is a network output).
 
 ``capacity`` keeps a fixed number of slots per layer (``--capacity C``: a share of the patch
 tokens) and runs TopK with a constant K. Every shape is then static for a given batch, so the
@@ -28,16 +34,15 @@ synchronisation happens inside the engine, and CUDA graphs work (``RuntimeOption
 ["cuda_graph"]``). The price: an image whose gates want more tokens than C loses the overflow
 (``dyt-edge validate`` counts it), and an image that wants fewer still pays for C.
 
-Recommendation: **deploy ``capacity`` on TensorRT**, with C at or slightly above the
-activation rate measured on real images (``dyt-edge bench --data DATA`` reports it; pick C so
-that ``dyt-edge validate`` shows no or negligible capacity overflow), and with ``--batch``
-whose OPT is the batch you serve. Use ``topk`` when exactness matters more than latency, for
-batch 1 (where the batch-max K equals the image's own count), or when activation varies too much
-between images for one C. ``pack`` (NonZero) has the data-dependent shapes of ``topk`` without
-its batch structure and brings nothing on TensorRT. This recommendation follows the TensorRT
-documentation and the facts above; it has not been measured on a GPU here (no GPU on the
-development machines): ``dyt-edge bench --target tensorrt`` on both exports settles it for a
-given model and GPU.
+Recommendation: **keep the default ``pack`` export** on TensorRT for exact results at every
+batch size; **deploy ``capacity``** where static shapes matter more than exactness (CUDA graphs,
+the lowest latency at a served batch), with C at or slightly above the activation rate
+measured on real images (``dyt-edge bench --data DATA`` reports it; pick C so that
+``dyt-edge validate`` shows no or negligible capacity overflow) and ``--batch`` whose OPT is the
+batch you serve. ``topk`` brings nothing over ``pack`` for the ``mlp`` variant. This
+recommendation follows the TensorRT documentation and the facts above; it has not been
+measured on a GPU here (no GPU on the development machines): ``dyt-edge bench --target
+tensorrt`` on both exports settles it for a given model and GPU.
 """
 
 from __future__ import annotations
@@ -64,10 +69,11 @@ METADATA_FORMAT = "dyt-edge tensorrt engine"
 METADATA_SCHEMA = 1
 TOPK_MAX_K = 3840
 
-RECOMMENDATION = ("deploy `capacity` on TensorRT (static shapes: kernels chosen for the exact "
-                  "shapes, no host sync inside the engine, CUDA graphs), with --capacity at or "
-                  "above the activation rate measured on real images; keep `topk` when "
-                  "exactness matters more than latency, or at batch 1")
+RECOMMENDATION = ("keep the default `pack` export for exact results at every batch size (the "
+                  "MLP computes the batch's active tokens alone); deploy `capacity` where static "
+                  "shapes matter more than exactness (kernels chosen for the exact shapes, no "
+                  "host sync inside the engine, CUDA graphs), with --capacity at or above the "
+                  "activation rate measured on real images")
 
 
 # -- --batch ------------------------------------------------------------------------------------
@@ -205,7 +211,8 @@ def dispatch_advice(manifest: Mapping[str, Any], report: Optional[Mapping[str, A
             f"count, <= {bound if bound is not None else '?'} tokens"
             + (f", under TensorRT's limit of {TOPK_MAX_K}" if ok else
                f"; TensorRT needs K < {TOPK_MAX_K}") + "): exact, but the dispatched tokens "
-            "have data-dependent shapes (host sync inside the engine, no CUDA graphs)")
+            "have data-dependent shapes (host sync inside the engine, no CUDA graphs), and a "
+            "batch pays its busiest image (the default pack export pays the mean)")
     elif mode == "capacity":
         cap = dispatch.get("capacity")
         slots = dispatch.get("capacity_slots")
@@ -213,13 +220,14 @@ def dispatch_advice(manifest: Mapping[str, Any], report: Optional[Mapping[str, A
                      "(kernels for the exact shapes, CUDA graphs possible); tokens beyond the "
                      "slots are dropped: check the overflow with `dyt-edge validate`")
     elif mode == "pack":
-        lines.append("this export: pack (NonZero): data-dependent shapes like topk, without "
-                     "its batch structure; prefer capacity or topk on TensorRT")
+        lines.append("this export: pack (NonZero: the batch's active tokens in one matrix): "
+                     "exact, a batch costs its mean activation; the dispatched tokens have "
+                     "data-dependent shapes (host sync inside the engine, no CUDA graphs)")
     else:
         lines.append(f"this export: {mode} (no token skipping: every token is computed)")
     lines.append("recommended: " + RECOMMENDATION)
-    if mode == "topk":
-        lines.append("to try it: dyt-edge export CKPT --dispatch capacity --capacity C "
+    if mode in ("topk", "pack"):
+        lines.append("for static shapes: dyt-edge export CKPT --dispatch capacity --capacity C "
                      "(C from `dyt-edge bench --data DATA`'s activation rate), then build it")
     return lines
 

@@ -14,12 +14,19 @@ Cases (all fp32):
     (``SessionOptions.add_initializer`` for ONNX Runtime, a replaced Constant for OpenVINO) and
     in PyTorch alike. On a real checkpoint no input can be chosen to do this.
 
-Each case is compared with the PyTorch model in the exported dispatch mode (logits within
-``atol``, gate decisions exactly) and with the dense ``mask`` mode, the exact reference
+Each case is compared with the PyTorch model in the exported dispatch mode (logits within the
+tolerance, gate decisions exactly) and with the dense ``mask`` mode, the exact reference
 (``capacity`` exports: on the images whose active counts fit the capacity; the overflow is
-counted from the ``masks`` output). A gate decision may legitimately flip when its logit is a
-rounding error away from 0 (``|logit| <= tie_atol``): such an image is reported as a near tie
-and left out of the value comparison; any other flip is a failure.
+counted from the ``masks`` output).
+
+The tolerance is judged by the model's own rounding (:mod:`dyt_edge.rounding`): the PyTorch
+model also runs every case in float64 (dense ``mask`` mode), and the logits may differ from
+PyTorch fp32 by ``max(atol, 4 x e_ref)``, ``e_ref`` being PyTorch fp32's own largest error
+against float64 on these images. ``atol`` (``--atol``, 1e-4) is the floor. The exported graph's
+own error against float64 is reported beside it. A gate decision may legitimately flip when its
+logit is a rounding error away from 0 (``|logit| <= max(1e-3, 4 x fp32's error on the gate
+logits)``): such an image is reported as a near tie and left out of the value comparison; any
+other flip is a failure.
 """
 
 from __future__ import annotations
@@ -32,10 +39,15 @@ from typing import Any, Iterator, Optional, Protocol
 
 import numpy as np
 
+from dyt_edge.data import generated_images
+from dyt_edge.rounding import FACTOR, FLOOR, TIE_FLOOR, RoundingScale, combine, rounding_scale
+
 from .errors import ValidationError
 
-DEFAULT_ATOL = 1e-4
-TIE_ATOL = 1e-3
+DEFAULT_ATOL = FLOOR
+"""The floor of the logit tolerance (``--atol``); the tolerance itself follows the model's
+rounding."""
+TIE_ATOL = TIE_FLOOR
 GATE_FORCE = 1e4
 LARGE_BATCH = 8
 OUTPUTS = (("logits", np.float32), ("masks", np.bool_))
@@ -60,6 +72,10 @@ class CaseResult:
     """Logits vs PyTorch in the exported dispatch mode (compared images)."""
     max_diff_vs_mask: Optional[float] = None
     """Logits vs PyTorch's dense `mask` mode (images within capacity)."""
+    max_diff_vs_float64: Optional[float] = None
+    """Logits vs the model in float64 (dense `mask` mode): the exported graph's own error."""
+    reference_error: Optional[float] = None
+    """PyTorch fp32 (exported mode) vs float64 on this case: PyTorch's own error."""
     mask_mismatches: int = 0
     """Gate decisions that differ from PyTorch."""
     near_ties: int = 0
@@ -83,6 +99,7 @@ class ValidationResult:
     runtime: str
     reference: str
     atol: float
+    """The logit tolerance applied: ``max(atol_floor, factor x rounding.logits)``."""
     passed: bool
     max_diff: float
     max_diff_vs_mask: Optional[float]
@@ -90,6 +107,20 @@ class ValidationResult:
     failures: list[str]
     notes: list[str]
     seconds: float = 0.0
+    atol_floor: float = DEFAULT_ATOL
+    tie_atol: float = TIE_ATOL
+    rounding: Optional[dict[str, Any]] = None
+    """:meth:`RoundingScale.to_dict`: PyTorch fp32's own error against float64."""
+    max_diff_vs_float64: Optional[float] = None
+    """The exported graph's largest error against float64."""
+
+    @property
+    def tolerance_source(self) -> str:
+        if not self.rounding:
+            return f"the floor {self.atol_floor:g}"
+        scale = RoundingScale(self.rounding["logits"], self.rounding.get("gates"),
+                              self.rounding["images"], self.rounding.get("excluded", 0))
+        return scale.explain(self.atol_floor, self.rounding.get("factor", FACTOR))
 
     def __bool__(self) -> bool:
         return self.passed
@@ -101,10 +132,13 @@ class ValidationResult:
         ran = [c for c in self.cases if not c.skipped]
         images = sum(c.batch for c in ran)
         head = "passed" if self.passed else "FAILED"
-        text = (f"{head}: max diff {self.max_diff:.2e} (atol {self.atol:g}) vs {self.reference}"
-                f" on {self.runtime}, {len(ran)} cases, {images} images")
+        text = (f"{head}: max diff {self.max_diff:.2e} (atol {self.atol:.2g}: "
+                f"{self.tolerance_source}) vs {self.reference} on {self.runtime}, "
+                f"{len(ran)} cases, {images} images")
         if self.max_diff_vs_mask is not None:
             text += f"; vs dense mask mode {self.max_diff_vs_mask:.2e}"
+        if self.max_diff_vs_float64 is not None:
+            text += f"; exported graph vs float64 {self.max_diff_vs_float64:.2e}"
         ties = sum(c.near_ties for c in self.cases)
         if ties:
             text += f"; {ties} gate decision(s) flipped at a rounding tie"
@@ -204,42 +238,83 @@ class OrtRunner:
 
 
 class TorchReference:
-    """The PyTorch model as the reference: logits, masks and the raw gate logits.
+    """The PyTorch model as the reference: logits, masks and the raw gate logits, in fp32 and
+    (:meth:`run64`) in float64.
 
     Results are memoised per (images, gate bias, mode), so validating a second runtime on the
-    same cases (OpenVINO after ONNX Runtime) does not run the model again."""
+    same cases (OpenVINO after ONNX Runtime) does not run the model again. The float64 copy of
+    the model is made on first use and shared."""
 
     def __init__(self, model) -> None:
         self.model = model
         self.mode = model.dispatch_mode
         self.capacity = model.capacity
         self._memo: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._model64 = None
 
     def run(self, images: np.ndarray, gate_bias: Optional[float] = None,
             mode: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._memoised(images, gate_bias, mode or self.mode, float64=False)
+
+    @property
+    def dense_mode(self) -> str:
+        """The dense mode computing what the exported mode computes: ``complete`` for a
+        ``complete`` export, ``mask`` (every token, multiplied by the mask) otherwise."""
+        return "complete" if self.mode == "complete" else "mask"
+
+    def run64(self, images: np.ndarray, gate_bias: Optional[float] = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model evaluated in float64 in :attr:`dense_mode` (the rounding reference):
+        float64 logits, masks and gate logits."""
+        return self._memoised(images, gate_bias, self.dense_mode, float64=True)
+
+    def rounding(self, cases: list["Case"]) -> RoundingScale:
+        """PyTorch fp32's own error against float64 over ``cases`` (every image; gate-logit
+        error only on the unforced cases, whose gate logits are not +-1e4)."""
+        scales = []
+        for case in cases:
+            l32, m32, g32 = self.run(case.images, case.gate_bias)
+            l64, m64, g64 = self.run64(case.images, case.gate_bias)
+            forced = case.gate_bias is not None
+            scales.append(rounding_scale(l32, l64, m32, m64, None if forced else g32,
+                                         None if forced else g64))
+        return combine(scales)
+
+    def _memoised(self, images: np.ndarray, gate_bias: Optional[float], mode: str,
+                  float64: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import hashlib
 
         images = np.ascontiguousarray(images, dtype=np.float32)
-        key = (hashlib.sha1(images.tobytes()).hexdigest(), images.shape, gate_bias,
-               mode or self.mode, self.model.dispatch_mode, self.model.capacity)
+        key = (hashlib.sha1(images.tobytes()).hexdigest(), images.shape, gate_bias, mode,
+               float64, self.model.dispatch_mode, self.model.capacity)
         if key not in self._memo:
-            self._memo[key] = self._run(images, gate_bias, mode)
+            self._memo[key] = self._run(images, gate_bias, mode, float64)
         return self._memo[key]
 
-    def _run(self, images: np.ndarray, gate_bias: Optional[float],
-             mode: Optional[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _float64_model(self):
+        if self._model64 is None:
+            import copy
+
+            self._model64 = copy.deepcopy(self.model).double().eval()
+        return self._model64
+
+    def _run(self, images: np.ndarray, gate_bias: Optional[float], mode: str,
+             float64: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
-        model = self.model
+        model = self._float64_model() if float64 else self.model
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        switch = (model.dispatching(mode) if mode and mode != self.mode
+        if float64:
+            x = x.double()
+        switch = (model.dispatching(mode) if mode != model.dispatch_mode
                   else contextlib.nullcontext())
         with torch.no_grad(), switch, forced_gates(model, gate_bias), \
                 recorded_gate_logits(model) as gates:
             logits, masks = model(x, return_masks=True)
-        gate = (torch.stack(gates, dim=1).numpy() if gates
-                else np.zeros(masks.shape, np.float32))
-        return logits.numpy(), masks.numpy(), gate
+        dtype = np.float64 if float64 else np.float32
+        gate = (torch.stack(gates, dim=1).numpy().astype(dtype) if gates
+                else np.zeros(masks.shape, dtype))
+        return logits.numpy().astype(dtype, copy=False), masks.numpy(), gate
 
 
 @contextlib.contextmanager
@@ -273,7 +348,7 @@ def recorded_gate_logits(model) -> Iterator[list]:
 
         def wrapper(x, _original=original):
             out = _original(x)
-            records.append(out.detach().float())
+            records.append(out.detach())
             return out
 
         ts.logits = wrapper  # instance attribute shadows the method
@@ -285,33 +360,6 @@ def recorded_gate_logits(model) -> Iterator[list]:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-
-def generated_images(n: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
-    """``n`` normalised images of varied content, so that gates activate different numbers of
-    tokens per image: noise at three scales, flat images, smooth gradients, blobs."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
-    out = np.empty((n, channels, size, size), np.float32)
-    for i in range(n):
-        kind = i % 6
-        if kind == 0:
-            img = rng.standard_normal((channels, size, size))
-        elif kind == 1:
-            img = 0.3 * rng.standard_normal((channels, size, size))
-        elif kind == 2:
-            img = 2.0 * rng.standard_normal((channels, size, size))
-        elif kind == 3:
-            img = np.broadcast_to(rng.uniform(-1, 1, (channels, 1, 1)), (channels, size, size))
-        elif kind == 4:
-            a, b = rng.uniform(-1, 1, 2)
-            img = np.broadcast_to(a * xx + b * yy, (channels, size, size))
-        else:
-            cx, cy = rng.uniform(-0.5, 0.5, 2)
-            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1)
-            img = (2 * blob - 1)[None] + 0.1 * rng.standard_normal((channels, size, size))
-        out[i] = img
-    return out
-
 
 @dataclass
 class Case:
@@ -347,12 +395,15 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
              atol: float = DEFAULT_ATOL, tie_atol: float = TIE_ATOL,
              static_batch: Optional[int] = None, large_batch: int = LARGE_BATCH,
              seed: int = 0, cases: Optional[list[Case]] = None,
-             reference: Optional[TorchReference] = None) -> ValidationResult:
+             reference: Optional[TorchReference] = None,
+             rounding: Optional[RoundingScale] = None) -> ValidationResult:
     """Compare ``runner`` (the exported graph) with the PyTorch ``model`` (see module doc).
 
     ``gate_biases`` are the runtime's names of the gate-bias initializers in ``masks`` row
     order (None entries / None: not overridable; the forced-gate cases are then skipped and a
     note says so). ``reference`` may be shared between validations of the same model.
+    ``atol`` / ``tie_atol`` are the floors of the tolerances; ``rounding`` (default: measured
+    on the cases) is PyTorch fp32's own error, which sets them above the floors.
     """
     start = time.perf_counter()
     cfg = model.config
@@ -365,6 +416,18 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
     cases = cases if cases is not None else make_cases(
         cfg, static_batch=static_batch, large_batch=large_batch, seed=seed)
     overridable = bool(gate_biases) and all(gate_biases) and len(gate_biases) == len(names)
+    runnable = [c for c in cases if c.gate_bias is None or overridable]
+    if rounding is None:
+        rounding = ref.rounding(runnable)
+    floor = atol
+    atol = rounding.tolerance(floor)
+    tie_atol = rounding.tie_tolerance(tie_atol)
+    atol_text = (f"{atol:.2g} = {FACTOR:g} x PyTorch fp32's own error {rounding.logits:.1e}"
+                 if atol > floor else f"{atol:g}")
+    if rounding.excluded:
+        notes.append(f"{rounding.excluded} image(s) left out of PyTorch's rounding error: a gate "
+                     "decision differs between fp32 and float64 there (a logit within rounding "
+                     "of 0)")
     results: list[CaseResult] = []
     for case in cases:
         res = CaseResult(name=case.name, batch=len(case.images), gate_bias=case.gate_bias)
@@ -417,7 +480,7 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
             skip_vs_mask = set(int(i) for i in overflowed)
         diff, mism, ties, excluded, fails = _compare(
             case.name, f"PyTorch ({mode})", logits, masks, r_logits, r_masks, r_gate, names,
-            atol, tie_atol)
+            atol, tie_atol, atol_text=atol_text)
         res.max_diff, res.mask_mismatches, res.near_ties = diff, mism, ties
         res.excluded_images = excluded
         res.failures.extend(fails)
@@ -428,9 +491,11 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
             diff2, _, _, _, fails2 = _compare(
                 case.name, "PyTorch (mask, the dense reference)", logits, masks, d_logits,
                 d_masks, d_gate, names, atol, tie_atol, skip=skip_vs_mask | set(excluded),
-                check_masks=mode != "complete")
+                check_masks=mode != "complete", atol_text=atol_text)
             res.max_diff_vs_mask = diff2
             res.failures.extend(fails2)
+        res.max_diff_vs_float64, res.reference_error = _float64_errors(
+            ref, case, logits, masks, r_logits, r_masks, skip_vs_mask)
         res.passed = not res.failures
         failures.extend(res.failures)
     mixed = [c for c in results if "mixed" in c.name and c.active_per_image]
@@ -440,6 +505,7 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
                          f"({c.active_per_image[0]}); the mixed-count path was not exercised")
     compared = [c.max_diff for c in results if c.max_diff is not None]
     dense = [c.max_diff_vs_mask for c in results if c.max_diff_vs_mask is not None]
+    own = [c.max_diff_vs_float64 for c in results if c.max_diff_vs_float64 is not None]
     return ValidationResult(
         runtime=getattr(runner, "name", type(runner).__name__),
         reference=f"PyTorch ({mode}"
@@ -448,12 +514,30 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
         max_diff=float(max(compared)) if compared else float("nan"),
         max_diff_vs_mask=float(max(dense)) if dense else None,
         cases=results, failures=failures, notes=notes,
-        seconds=round(time.perf_counter() - start, 3))
+        seconds=round(time.perf_counter() - start, 3), atol_floor=floor, tie_atol=tie_atol,
+        rounding=rounding.to_dict(floor), max_diff_vs_float64=float(max(own)) if own else None)
+
+
+def _float64_errors(ref: TorchReference, case: Case, logits, masks, r_logits, r_masks,
+                    skip: set[int]) -> tuple[Optional[float], Optional[float]]:
+    """(the runtime's, PyTorch fp32's) largest logit error against float64 on this case, each
+    over the images whose gate decisions equal float64's (and that fit a capacity)."""
+    l64, m64, _ = ref.run64(case.images, case.gate_bias)
+
+    def error(got, got_masks) -> Optional[float]:
+        same = ~(got_masks != m64).reshape(len(got_masks), -1).any(axis=1)
+        for b in skip:
+            same[b] = False
+        if not same.any():
+            return None
+        return float(np.abs(got[same].astype(np.float64) - l64[same]).max())
+
+    return error(logits, masks), error(r_logits, r_masks)
 
 
 def _compare(case: str, against: str, logits, masks, r_logits, r_masks, r_gate, names,
              atol: float, tie_atol: float, skip: Optional[set[int]] = None,
-             check_masks: bool = True):
+             check_masks: bool = True, atol_text: Optional[str] = None):
     """(max diff or None when no image was compared, differing decisions, near-tie decisions,
     excluded images, failures)."""
     skip = set(skip or ())
@@ -475,13 +559,14 @@ def _compare(case: str, against: str, logits, masks, r_logits, r_masks, r_gate, 
                 failures.append(
                     f"{case}: {int(differ[b].sum())} gate decision(s) of image {b} differ from "
                     f"{against}, first at {names[first]} (|logit| {margin:.2e} > tie "
-                    f"{tie_atol:g})")
+                    f"{tie_atol:.2g})")
     keep = [b for b in range(len(logits)) if b not in skip and b not in excluded]
     if not keep:  # nothing comparable (e.g. every image overflowed the capacity)
         return None, mismatches, ties, excluded, failures
-    diff = float(np.max(np.abs(logits[keep] - r_logits[keep])))
+    diff = float(np.max(np.abs(logits[keep].astype(np.float64) - r_logits[keep])))
     if not diff <= atol:  # NaN fails too
-        failures.append(f"{case}: max diff {diff:.3e} (atol {atol:g}) vs {against}")
+        failures.append(f"{case}: max diff {diff:.3e} (atol {atol_text or format(atol, 'g')}) "
+                        f"vs {against}")
     return diff, mismatches, ties, excluded, failures
 
 
@@ -492,7 +577,8 @@ def check_output_names(names: list[str]) -> None:
 
 
 __all__ = [
-    "Case", "CaseResult", "DEFAULT_ATOL", "OrtRunner", "TIE_ATOL", "TorchReference",
+    "Case", "CaseResult", "DEFAULT_ATOL", "OrtRunner", "RoundingScale", "TIE_ATOL",
+    "TorchReference",
     "ValidationResult", "forced_gates", "generated_images", "make_cases", "recorded_gate_logits",
     "validate",
 ]

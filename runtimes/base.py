@@ -38,7 +38,10 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32",
             "f16": "fp16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
             "bf16": "bf16", "bfloat16": "bf16",
-            "int8": "int8", "i8": "int8", "u8": "int8"}
+            "int8": "int8", "i8": "int8", "u8": "int8",
+            # Not a deployment precision: the PyTorch reference in float64, the yardstick of
+            # fp32's own rounding (dyt_edge.rounding).
+            "fp64": "fp64", "float64": "fp64", "f64": "fp64"}
 HINTS = ("latency", "throughput")
 
 
@@ -103,7 +106,7 @@ class RuntimeOptions:
 @dataclass
 class RunOutput:
     logits: np.ndarray
-    """[B, classes] float32."""
+    """[B, classes] float32 (float64 from the PyTorch reference at ``fp64``)."""
     masks: Optional[np.ndarray] = None
     """[B, L, N] bool: which patch tokens each dispatcher let through (None when the artifact
     does not expose them)."""

@@ -12,7 +12,9 @@ What it runs, and how it knows it is the right model:
   the baseline; ``capacity`` on a non-capacity artifact takes ``extra["capacity"]``).
 
 Precision ``fp32`` (the default, whatever the artifact was built for: it is the reference for
-every build) or ``bf16`` (CPU autocast; the model keeps its gates in fp32). ``threads`` sets
+every build), ``bf16`` (CPU autocast; the model keeps its gates in fp32) or ``fp64`` (a float64
+copy of the model, logits returned in float64: the yardstick of fp32's own rounding, see
+:mod:`dyt_edge.rounding`; a given in-memory model is copied, never converted). ``threads`` sets
 ``torch.set_num_threads`` for the process while the runtime is open (restored by ``close``).
 Only the CPU is supported (``device`` ``cpu``); ``hint`` is recorded but changes nothing, and
 ``streams`` is refused (an OpenVINO setting).
@@ -40,7 +42,7 @@ _DEVICES = ("cpu",)
 class TorchRuntime(Runtime):
     target = "pytorch"
     kind = None
-    precisions = ("fp32", "bf16")
+    precisions = ("fp32", "bf16", "fp64")
     install = "pip install torch==2.14.1"
 
     def __init__(self, artifact: Artifact, options: Optional[RuntimeOptions] = None, *,
@@ -102,10 +104,16 @@ class TorchRuntime(Runtime):
         self.mode, self.capacity = self._dispatch_mode()
         if self._given_model is not None:
             self.model = self._given_model
+            if self.precision == "fp64":
+                import copy
+
+                self.model = copy.deepcopy(self._given_model)
             self.checkpoint: Optional[Path] = None
         else:
             self.checkpoint = self._checked_checkpoint()
             self.model = self._load_model(self.checkpoint)
+        if self.precision == "fp64":
+            self.model.double()
         self.model.eval()
         try:  # fail now, not on the first batch, when the mode does not fit the model
             with self.model.dispatching(self.mode, self.capacity):
@@ -200,15 +208,20 @@ class TorchRuntime(Runtime):
                 self._autocast():
             return self.model(x, return_masks=True)
 
+    def _input(self, images: np.ndarray) -> Any:
+        x = self.backend.from_numpy(self.check_batch(images))
+        return x.double() if self.precision == "fp64" else x
+
     def run(self, images: np.ndarray) -> RunOutput:
-        torch = self.backend
-        x = torch.from_numpy(self.check_batch(images))
-        logits, masks = self._forward(x)
-        return RunOutput(logits.float().numpy().astype(np.float32, copy=False),
-                         masks.numpy().astype(np.bool_, copy=False))
+        logits, masks = self._forward(self._input(images))
+        if self.precision == "fp64":
+            out = logits.numpy().astype(np.float64, copy=False)
+        else:
+            out = logits.float().numpy().astype(np.float32, copy=False)
+        return RunOutput(out, masks.numpy().astype(np.bool_, copy=False))
 
     def prepare(self, images: np.ndarray):
-        x = self.backend.from_numpy(self.check_batch(images))
+        x = self._input(images)
         return lambda: self._forward(x)
 
     def _describe(self) -> dict[str, Any]:
@@ -216,8 +229,9 @@ class TorchRuntime(Runtime):
         facts: dict[str, Any] = {
             "backend": f"PyTorch {torch.__version__}",
             "device": f"CPU ({cpu_name()})",
-            "precision_in_effect": ("bf16 (CPU autocast, gates fp32)" if self.precision == "bf16"
-                                    else "fp32"),
+            "precision_in_effect": {"bf16": "bf16 (CPU autocast, gates fp32)",
+                                    "fp64": "float64 (a copy of the model)"}.get(
+                                        self.precision, "fp32"),
             "threads": torch.get_num_threads(),
             "streams": 1,
             "dispatch": self.mode,

@@ -143,8 +143,11 @@ class Exported:
         torch.manual_seed(0)
         self.tmp = tmp
         self.ckpt = saved(tmp, controlled_model("mlp", depth=2), "tiny")
+        # topk, not the default pack: these tests check that a batch is charged its busiest
+        # image (K = the batch maximum) where topk pays it
         self.path = export_checkpoint(self.ckpt, tmp / "tiny",
-                                      ExportOptions(format="openvino", validate=False)).path
+                                      ExportOptions(format="openvino", dispatch="topk",
+                                                    validate=False)).path
         self.data = {}
         for kind in ("mixed", "dark", "bright"):
             np.savez(tmp / f"{kind}.npz", images=_images(kind))
@@ -235,6 +238,18 @@ def test_activation_and_flops_come_from_the_runtime_masks_on_data(ov_bench, exp)
         model_flops(config, [1.0, 1.0]).gflops)
 
 
+def test_each_mode_is_charged_what_it_computes():
+    from dyt_edge.bench import computed_rates
+
+    per_image = np.array([[1.0, 0.5], [0.0, 0.5], [0.5, 0.5], [0.5, 0.0]])
+    manifest = {"dispatch": {"capacity_slots": [3, 3]}, "model": {"img_size": 32,
+                                                                  "patch_size": 8}}
+    assert computed_rates("pack", per_image, 2, manifest)[0] == pytest.approx([0.5, 0.375])
+    assert computed_rates("topk", per_image, 2, manifest)[0] == pytest.approx([0.75, 0.5])
+    assert computed_rates("capacity", per_image, 2, manifest)[0] == pytest.approx([3 / 16] * 2)
+    assert computed_rates("complete", per_image, 2, manifest)[0] == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("kind,rate", [("dark", 0.0), ("bright", 1.0)])
 def test_activation_follows_the_data(exp, kind, rate):
     result = bench_artifact(exp.path, "onnxruntime", batches=(2,), data=exp.data[kind],
@@ -271,6 +286,23 @@ def test_baseline_is_created_once_then_reused_and_recreated_when_stale(ov_bench,
     assert log and log[0].startswith("baseline: exporting the complete model")
     assert fresh.manifest["created"] != manifest["created"]
     assert fresh.manifest["baseline"]["checkpoint_sha256"] == art.manifest["source"]["sha256"]
+
+
+def test_an_export_written_before_resize_mode_gets_its_baseline(exp):
+    """A manifest whose preprocessing records no resize_mode / input_size (written by an
+    earlier dyt-edge) is the same model as one exported now: its baseline is made, not
+    refused as a different model."""
+    from dyt_edge.baseline import baseline_artifact
+
+    def old(manifest):
+        for record in (manifest["preprocessing"], manifest["model"]["preprocessing"]):
+            del record["resize_mode"], record["input_size"]
+
+    copy = exp.copy("before-resize-mode", old)
+    base = baseline_artifact(artifacts.load_artifact(copy), "onnxruntime")
+    assert base.path == copy / "baseline"
+    assert base.manifest["model"]["preprocessing"]["resize_mode"] == "squash"
+    assert "resize_mode" not in artifacts.read_manifest(copy)["model"]["preprocessing"]
 
 
 def test_a_changed_checkpoint_is_refused(exp):

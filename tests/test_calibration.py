@@ -121,6 +121,10 @@ def test_size_and_preprocessing_are_checked(tmp_path, manifest):
         load_calibration(spec, manifest, 0)
     bad = copy.deepcopy(manifest)
     bad["preprocessing"]["crop"] = bad["preprocessing"]["resize"] = 48
+    bad["preprocessing"]["input_size"] = 48
+    with pytest.raises(ArtifactError, match="crops 48 px but the model takes 32"):
+        load_calibration(spec, bad, 20)
+    del bad["preprocessing"]["input_size"]  # a record from before input_size: the same check
     with pytest.raises(ArtifactError, match="crops 48 px but the model takes 32"):
         load_calibration(spec, bad, 20)
 

@@ -50,7 +50,7 @@ def images(n: int = 4) -> torch.Tensor:
 
 
 def assert_same_logits(reference: torch.nn.Module, loaded: torch.nn.Module) -> None:
-    assert not loaded.training and loaded.dispatch_mode == "topk"
+    assert not loaded.training and loaded.dispatch_mode == "pack"
     x = images()
     with torch.no_grad():
         ref, ref_masks = reference.eval().set_dispatch("topk")(x, return_masks=True)
@@ -141,13 +141,69 @@ def test_published_full_layout(tmp_path, legacy):
     assert_same_logits(model, load_model(path, num_heads=2))
 
 
-def test_heads_default_to_width_over_64(tmp_path):
-    model = make_model(embed_dim=128, num_heads=2, depth=2)
+def shaped_state_dict(width: int) -> dict:
+    """A published DyT state_dict's shape-bearing keys at ``width`` (stride-0 views: no memory),
+    enough for infer_config."""
+    def t(*shape):
+        return torch.zeros(1).expand(*shape)
+    return {"cls_token": t(1, 1, width), "pos_embed": t(1, 17, width),
+            "patch_embed.proj.weight": t(width, 3, 8, 8),
+            "blocks.0.mlp.fc1.weight": t(4 * width, width),
+            "blocks.0.mlp_token_select.mlp_head.weight": t(1, width),
+            "blocks.0.adaptmlp.down_proj.weight": t(8, width), "head.weight": t(5, width)}
+
+
+@pytest.mark.parametrize("width,heads,name", [
+    (192, 3, "ViT-Ti"), (256, 4, "ViT-XS"), (320, 5, "ViT-Little"), (384, 6, "ViT-S"),
+    (512, 8, "ViT-M"), (640, 10, "ViT-Betwixt"), (768, 12, "ViT-B"), (1024, 16, "ViT-L"),
+    (1280, 16, "ViT-H"), (1408, 16, "ViT-g"), (1664, 16, "ViT-G")])
+def test_heads_of_standard_timm_widths(width, heads, name):
+    cfg, prov = infer_config(shaped_state_dict(width), published_args(ffn_adapter_scalar=SCALE))
+    assert cfg.embed_dim == width and cfg.num_heads == heads
+    assert prov["num_heads"] == f"standard timm width {width} ({name})"
+
+
+def test_standard_heads_table_matches_timm():
+    """The table is timm's own model definitions (one entry per standard width)."""
+    import timm
+
+    from dyt_edge.config import STANDARD_VIT_HEADS
+
+    models = {192: "vit_tiny_patch16_224", 256: "vit_xsmall_patch16_clip_224",
+              320: "vit_little_patch16_reg1_gap_256", 384: "vit_small_patch16_224",
+              512: "vit_medium_patch16_gap_256", 640: "vit_betwixt_patch16_gap_256",
+              768: "vit_base_patch16_224", 1024: "vit_large_patch16_224",
+              1280: "vit_huge_patch14_224", 1408: "vit_giant_patch14_224",
+              1664: "vit_gigantic_patch14_224"}
+    assert set(models) == set(STANDARD_VIT_HEADS)
+    for width, arch in models.items():
+        with torch.device("meta"):
+            vit = timm.create_model(arch, pretrained=False)
+        assert vit.embed_dim == width, arch
+        assert vit.blocks[0].attn.num_heads == STANDARD_VIT_HEADS[width][0], arch
+
+
+def test_heads_of_a_standard_width_checkpoint(tmp_path):
+    model = make_model(embed_dim=192, num_heads=3, depth=2)
     path = save_published(tmp_path / "c.pth", model, published_args(ffn_adapter_scalar=SCALE))
     loaded = read_checkpoint(path)
-    assert loaded.config.num_heads == 2
-    assert loaded.provenance["num_heads"] == "default: width / 64"
+    assert loaded.config.num_heads == 3
+    assert loaded.provenance["num_heads"] == "standard timm width 192 (ViT-Ti)"
     assert_same_logits(model, load_model(path))
+
+
+@pytest.mark.parametrize("width", [32, 96, 1000])
+def test_heads_of_other_widths_are_asked_for(width):
+    sd = shaped_state_dict(width)
+    with pytest.raises(CheckpointError) as exc:
+        infer_config(sd, published_args(ffn_adapter_scalar=SCALE))
+    assert f"width {width} is not a standard timm ViT width" in exc.value.message
+    assert "--num-heads" in exc.value.hint and "768->12" in exc.value.hint
+    with pytest.raises(CheckpointError, match="has no args"):
+        infer_config(sd, None, adapter_scale=SCALE)
+    heads = 4 if width % 4 == 0 else 3
+    cfg, prov = infer_config(sd, published_args(ffn_adapter_scalar=SCALE), num_heads=heads)
+    assert cfg.num_heads == heads and prov["num_heads"] == "override"
 
 
 def test_heads_from_args(tmp_path):
@@ -157,6 +213,16 @@ def test_heads_from_args(tmp_path):
     path = save_published(tmp_path / "c.pth", model, args)
     loaded = read_checkpoint(path)
     assert loaded.config.num_heads == 2 and loaded.provenance["num_heads"] == "args.num_heads"
+    assert_same_logits(model, load_model(path))
+
+
+def test_args_heads_win_over_the_standard_table():
+    args = published_args(ffn_adapter_scalar=SCALE)
+    args.num_heads = 16  # e.g. vit_base_patch16_gap_224: width 768, 16 heads
+    cfg, prov = infer_config(shaped_state_dict(768), args)
+    assert cfg.num_heads == 16 and prov["num_heads"] == "args.num_heads"
+    cfg, prov = infer_config(shaped_state_dict(768), args, num_heads=8)
+    assert cfg.num_heads == 8 and prov["num_heads"] == "override"
 
 
 @pytest.mark.parametrize("where", ["ffn_adapter_scalar", "scale", "tuning_config"])
@@ -466,6 +532,44 @@ def test_own_format_newer_version(tmp_path):
         read_checkpoint(path)
 
 
+def _rewrite_stored_preprocessing(path: Path, edit) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    edit(cfg["preprocessing"])
+    meta["config"] = json.dumps(cfg)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("recipe, mode", [("vtab", "squash"), ("imagenet", "shorter")])
+def test_own_format_written_before_resize_mode(tmp_path, recipe, mode):
+    """Files saved before the resize mode was recorded (no resize_mode / input_size keys) still
+    load, and read as the recipe meant: vtab squashes, the image recipes resize the shorter
+    side."""
+    pre = getattr(Preprocessing, recipe)(32)
+    model = make_model(preprocessing=pre)
+    path = save_model(model, tmp_path / "old.safetensors")
+
+    def strip(d):
+        assert d["resize_mode"] == mode and d["input_size"] == 32  # what this version writes
+        del d["resize_mode"], d["input_size"]
+
+    _rewrite_stored_preprocessing(path, strip)
+    loaded = load_model(path)
+    assert loaded.config.preprocessing == pre and loaded.config.preprocessing.resize_mode == mode
+    assert_same_logits(model, loaded)
+
+
+def test_own_format_bad_resize_mode_is_one_clear_error(tmp_path):
+    path = save_model(make_model(), tmp_path / "m.safetensors")
+    _rewrite_stored_preprocessing(path, lambda d: d.update(resize_mode="squahs"))
+    with pytest.raises(ConfigError, match="unknown resize mode 'squahs'.*did you mean 'squash'"):
+        read_checkpoint(path)
+
+
 # -- unsafe pickles -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -648,7 +752,7 @@ def test_wrong_keys_listed_with_counts(tmp_path):
     path = tmp_path / "keys.pth"
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError) as exc:
-        read_checkpoint(path, adapter_scale=SCALE)
+        read_checkpoint(path, adapter_scale=SCALE, num_heads=2)
     message = exc.value.message
     assert message.startswith(f"{path} does not match a DyT 'mlp' model: ")
     assert "1 missing key (blocks.1.mlp.fc1.weight)" in message
@@ -665,7 +769,7 @@ def test_wrong_shapes_listed(tmp_path):
     path = tmp_path / "shapes.pth"
     torch.save(sd, path)
     with pytest.raises(CheckpointError) as exc:
-        load_model(path, adapter_scale=SCALE)
+        load_model(path, adapter_scale=SCALE, num_heads=2)
     message = exc.value.message
     assert "1 shape mismatch (blocks.1.mlp.fc2.weight: checkpoint [32, 100] vs model [32, 128])" \
         in message

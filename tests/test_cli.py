@@ -23,9 +23,10 @@ def published_ckpt(tmp_path) -> Path:
     argparse.Namespace holding an easydict.EasyDict, as the DyT training code writes it."""
     easydict = pytest.importorskip("easydict")
     model = randomize_dyt(build_model(tiny_config()), seed=2)
+    # Width 32 is no standard timm width, so the head count must be in the args.
     args = argparse.Namespace(
         model="vit_base_patch16_224", ffn_num=8, nb_classes=5, output_dir=Path("out"),
-        tuning_config=easydict.EasyDict(ffn_adapt=True, ffn_option="parallel",
+        num_heads=2, tuning_config=easydict.EasyDict(ffn_adapt=True, ffn_option="parallel",
                                         ffn_adapter_layernorm_option="none",
                                         ffn_adapter_init_option="lora",
                                         ffn_adapter_scalar="0.5", ffn_num=8, d_model=32))
@@ -56,7 +57,28 @@ def test_inspect_published_checkpoint(capsys, published_ckpt):
     assert code == 0, err
     assert "variant" in out and "mlp" in out
     assert "args.tuning_config.ffn_adapter_scalar" in out
+    assert "heads" in out and "args.num_heads" in out
 
+
+def test_inspect_shows_the_resize_mode(capsys, published_ckpt):
+    code, out, err = cli(capsys, "inspect", published_ckpt)
+    assert code == 0, err
+    assert "vtab: squash to 32x32, bicubic, mean=std=0.5" in " ".join(out.split())
+    code, out, err = cli(capsys, "inspect", published_ckpt, "--preprocessing", "imagenet")
+    assert code == 0, err
+    assert ("imagenet: shorter side to 37, center crop 32x32, bicubic, ImageNet mean/std"
+            in " ".join(out.split()))
+
+
+def test_inspect_shows_where_the_heads_came_from(capsys, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(build_model(tiny_config()).state_dict(), path)
+    code, _, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1")
+    assert_one_line_error(code, err, "width 32 is not a standard timm ViT width",
+                          "--num-heads")
+    code, out, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1", "--num-heads", "2")
+    assert code == 0, err
+    assert "2  (from override)" in out
 
 def test_inspect_json(capsys, published_ckpt):
     code, out, err = cli(capsys, "inspect", published_ckpt, "--json")
@@ -149,7 +171,7 @@ def test_wrong_keys(capsys, tmp_path):
     del sd["blocks.1.mlp.fc1.weight"]
     path = tmp_path / "keys.pth"
     torch.save({"model": sd}, path)
-    code, _, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1")
+    code, _, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1", "--num-heads", "2")
     assert_one_line_error(code, err, "blocks.1.mlp.fc1.weight", "blocks.0.extra.weight")
 
 
@@ -158,14 +180,14 @@ def test_wrong_shapes(capsys, tmp_path):
     sd["blocks.1.mlp.fc2.weight"] = torch.zeros(32, 100)
     path = tmp_path / "shapes.pth"
     torch.save(sd, path)
-    code, _, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1")
+    code, _, err = cli(capsys, "inspect", path, "--adapter-scale", "0.1", "--num-heads", "2")
     assert_one_line_error(code, err, "blocks.1.mlp.fc2.weight")
 
 
 def test_missing_adapter_scale_says_where_it_looked(capsys, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(build_model(tiny_config()).state_dict(), path)
-    code, _, err = cli(capsys, "inspect", path)
+    code, _, err = cli(capsys, "inspect", path, "--num-heads", "2")
     assert_one_line_error(code, err, "--adapter-scale", "args")
 
 

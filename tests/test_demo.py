@@ -38,7 +38,7 @@ def test_a_failing_target_gets_its_row_and_the_run_goes_on(tiny_digits_model, tm
     messages = []
     result = run_demo(checkpoint=ckpt, out=tmp_path / "out", duration=0.05, warmup=0.01,
                       targets=[("onnxruntime", "fp32"), ("tensorrt", "fp16"),
-                               ("openvino", "fp32")], say=messages.append)
+                               ("openvino", "fp32")], say=messages.append, realistic=False)
     assert not result.trained and any("reusing" in m for m in messages)
     ort, trt, ov = result.rows
     for row in (ort, ov):
@@ -50,6 +50,34 @@ def test_a_failing_target_gets_its_row_and_the_run_goes_on(tiny_digits_model, tm
     assert json.loads(json.dumps(result.to_dict()))["rows"][1]["status"] == "failed"
 
 
+def test_the_realistic_size_row_builds_exports_and_benches_a_synthetic_model(tmp_path):
+    """The demo's ViT-B/16 row, on a smaller synthetic shape: the model is built, saved and
+    exported once, benched against its complete model on OpenVINO, and reused the second time."""
+    from dyt_edge.config import DyTConfig, Preprocessing
+    from dyt_edge.demo import realistic_row
+
+    cfg = DyTConfig(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3,
+                    num_classes=10, adapter_dim=16, adapter_scale=0.1,
+                    preprocessing=Preprocessing.vtab(64))
+    paths = dict(checkpoint=tmp_path / "runs" / "s.safetensors",
+                 data=tmp_path / "runs" / "s.npz", out=tmp_path / "out" / "s")
+    messages = []
+    row = realistic_row(cfg, duration=0.05, warmup=0.01, say=messages.append, **paths)
+    assert row.status == "measured", (row.error, messages)
+    assert row.model.startswith("synthetic") and row.accuracy is None
+    assert row.speedup > 0 and row.speedup_b1 > 0 and row.flops_ratio > 1.2
+    assert row.batched == 8 and row.size_mb > 0
+    assert all(p.exists() for p in paths.values())
+    assert (paths["out"] / "baseline" / "dyt_edge.json").is_file()  # the complete model
+    manifest = json.loads((paths["out"] / "dyt_edge.json").read_text())
+    assert manifest["dispatch"]["mode"] == "pack"
+    messages.clear()
+    again = realistic_row(cfg, duration=0.05, warmup=0.01, say=messages.append, **paths)
+    assert again.status == "measured"
+    assert any("reusing" in m and "s.safetensors" in m for m in messages), messages
+    assert any(m.startswith("export: reusing") for m in messages), messages
+
+
 def test_rows_render_with_every_column(capsys):
     from rich.console import Console
 
@@ -58,12 +86,16 @@ def test_rows_render_with_every_column(capsys):
 
     rows = [TargetRow("openvino", "int8", "passed", size_mb=0.6, accuracy=95.5, delta=-0.3,
                       ms_per_image=1.9, images_per_s=920, speedup=1.2),
-            TargetRow("tensorrt", "fp16", "failed", error="TensorRT is not installed")]
+            TargetRow("tensorrt", "fp16", "failed", error="TensorRT is not installed"),
+            TargetRow("openvino", "fp32", "measured", model="ViT-B/16 (synthetic)", batched=8,
+                      size_mb=351.0, ms_per_image=140.0, images_per_s=7.9, speedup=1.45,
+                      speedup_b1=1.41)]
     console = Console(width=140, record=True)
     render(DemoResult("c", False, "e", rows, 1.0, {"train": 0.5}), console)
     text = console.export_text()
     for word in ("target", "precision", "status", "size MB", "accuracy", "delta vs PyTorch",
-                 "ms/img", "img/s", "speedup vs complete", "-0.30 pt", "1.20x", "FAILED"):
+                 "ms/img", "img/s", "speedup vs complete", "-0.30 pt", "1.20x", "FAILED",
+                 "ViT-B/16 (synthetic)", "1.41x / 1.45x", "measured"):
         assert word in text, word
 
 
@@ -79,7 +111,10 @@ def test_demo_passes_every_cpu_target(digits_demo_model, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert not summary["trained"] and summary["passed"]
-    rows = {(r["target"], r["precision"]): r for r in summary["rows"]}
+    vitb = [r for r in summary["rows"] if r["model"] != "digits"]
+    assert len(vitb) == 1 and vitb[0]["status"] == "measured" and vitb[0]["speedup"] > 0
+    assert vitb[0]["flops_ratio"] > 1.3  # about half the tokens active: the saving is real
+    rows = {(r["target"], r["precision"]): r for r in summary["rows"] if r["model"] == "digits"}
     assert {("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")} <= set(rows)
     assert rows[("onnxruntime", "fp32")]["accuracy"] >= 95.0
     int8 = rows[("openvino", "int8")]

@@ -45,6 +45,7 @@ def published_checkpoint(path: Path, model) -> Path:
     easydict = pytest.importorskip("easydict")
     args = argparse.Namespace(
         model="vit_base_patch16_224", ffn_num=8, nb_classes=5, output_dir=Path("out"),
+        num_heads=model.config.num_heads,  # width 32 is no standard timm width
         tuning_config=easydict.EasyDict(ffn_adapt=True, ffn_option="parallel",
                                         ffn_adapter_layernorm_option="none",
                                         ffn_adapter_init_option="lora",
@@ -104,9 +105,19 @@ def tmp_mod(tmp_path_factory):
 @pytest.fixture(scope="module")
 def published(tmp_mod):
     torch.manual_seed(0)
-    # Published checkpoints do not store the head count: it is width / 64 (1 for width 32).
-    model = randomize_dyt(build_model(tiny_config(num_heads=1)), seed=2, gate_std=0.5)
+    # Published checkpoints do not store the head count; width 32 is no standard timm width,
+    # so the args say it.
+    model = randomize_dyt(build_model(tiny_config()), seed=2, gate_std=0.5)
     exp = Export(tmp_mod, model, "checkpoint-9", published=True)
+    assert exp.code == 0
+    return exp
+
+
+@pytest.fixture(scope="module")
+def published_topk(tmp_mod, published):
+    """The same published checkpoint exported with --dispatch topk (per-image TopK)."""
+    exp = Export(tmp_mod, published.model, "checkpoint-9-topk", "--dispatch", "topk",
+                 published=True)
     assert exp.code == 0
     return exp
 
@@ -131,13 +142,31 @@ def test_published_checkpoint_runs_at_every_batch_size(published):
     sess = ort_session(published.onnx)
     assert [i.name for i in sess.get_inputs()] == ["images"]
     assert [o.name for o in sess.get_outputs()] == ["logits", "masks"]
-    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), published.model, "topk")
+    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), published.model, "pack")
 
 
-def test_published_export_dispatches_with_topk_gathernd_scatternd(published):
-    proto = onnx.load(str(published.onnx))
-    assert {"TopK", "GatherND", "ScatterND"} <= {n.op_type for n in proto.graph.node}
+def test_published_default_export_packs_with_nonzero_gathernd_scatternd(published):
+    assert published.manifest["dispatch"]["mode"] == "pack"
+    ops = ops_of(published.onnx)
+    assert {"NonZero", "GatherND", "ScatterND"} <= ops and "TopK" not in ops
     report = published.manifest["graph_report"]
+    assert len(report["dispatchers"]) == 3
+    for d in report["dispatchers"]:
+        assert d["mode"] == "pack" and d["k"] is None
+        assert d["ops"]["NonZero"] == 1 and d["ops"]["GatherND"] >= 1 and d["ops"]["ScatterND"] == 1
+        assert d["gate_fp32"]
+        assert d["gate_bias"] == d["name"].replace(".mlp", ".mlp_token_select.mlp_head.bias")
+    assert report["gate_fp32"]
+    assert all(check["ok"] for check in report["tensorrt"])
+
+
+def test_published_topk_export_dispatches_with_topk_gathernd_scatternd(published_topk):
+    sess = ort_session(published_topk.onnx)
+    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), published_topk.model,
+                           "topk")
+    proto = onnx.load(str(published_topk.onnx))
+    assert {"TopK", "GatherND", "ScatterND"} <= {n.op_type for n in proto.graph.node}
+    report = published_topk.manifest["graph_report"]
     assert len(report["dispatchers"]) == 3
     for d in report["dispatchers"]:
         assert d["mode"] == "topk" and d["k"] is None and d["k_bound"] == 17
@@ -169,9 +198,9 @@ def test_published_export_manifest_and_metadata(published):
     assert m["source"]["sha256"] == file_sha256(published.ckpt)
     assert m["source"]["layout"] == "full"
     assert m["model"] == json.loads(json.dumps(
-        tiny_config(num_heads=1, adapter_scale=0.5).to_dict()))
+        tiny_config(adapter_scale=0.5).to_dict()))
     assert m["variant"] == "mlp"
-    assert m["dispatch"] == {"mode": "topk", "capacity": None, "capacity_slots": None,
+    assert m["dispatch"] == {"mode": "pack", "capacity": None, "capacity_slots": None,
                              "dispatchers": ["blocks.0.mlp", "blocks.1.mlp", "blocks.2.mlp"]}
     assert m["batch"] == "dynamic"
     assert m["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
@@ -191,7 +220,7 @@ def test_published_export_manifest_and_metadata(published):
     assert meta["dyt_edge.version"] == __version__
     assert meta["dyt_edge.source.sha256"] == m["source"]["sha256"]
     assert json.loads(meta["dyt_edge.config"]) == m["model"]
-    assert meta["dyt_edge.dispatch"] == "topk" and meta["dyt_edge.variant"] == "mlp"
+    assert meta["dyt_edge.dispatch"] == "pack" and meta["dyt_edge.variant"] == "mlp"
     assert meta["dyt_edge.opset"] == str(m["opset"]) and meta["dyt_edge.batch"] == "dynamic"
     assert json.loads(meta["dyt_edge.preprocessing"]) == m["preprocessing"]
     assert json.loads(meta["dyt_edge.input"])["name"] == "images"
@@ -215,12 +244,17 @@ def test_every_variant_exports_and_matches(request, variant, kind):
     exp = (request.getfixturevalue("published") if variant == "mlp"
            else request.getfixturevalue("variant_exports")[(variant, kind)])
     sess = ort_session(exp.onnx)
-    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), exp.model, "topk")
-    ops = ops_of(exp.onnx)
-    assert {"TopK", "GatherND", "ScatterND"} <= ops and "NonZero" not in ops
+    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), exp.model, "pack")
+    # the default (pack): token-wise MLPs are packed (NonZero), attention sub-blocks, which need
+    # each image's own key set, gather per image (TopK)
     report = exp.manifest["graph_report"]
     assert len(report["dispatchers"]) == exp.model.config.num_dispatchers
-    assert all(d["mode"] == "topk" for d in report["dispatchers"])
+    for d in report["dispatchers"]:
+        site = d["name"].rsplit(".", 1)[-1]
+        want = {"NonZero", "GatherND", "ScatterND"} if site == "mlp" else {"TopK", "GatherND",
+                                                                           "ScatterND"}
+        assert want <= {op for op, n in d["ops"].items() if n}, d
+        assert d["mode"] == ("pack" if site == "mlp" else "topk"), d
     v = exp.manifest["validation"]
     assert v["passed"]
     counts = v["cases"][1]["active_per_image"]
@@ -241,7 +275,7 @@ def test_openvino_ir_runs_and_matches(variant_exports):
     assert [c["skipped"] for c in ov["validation"]["cases"]] == [None] * 4
     runner = OpenVinoRunner(exp.out / "model.xml", exp.model.config.dispatcher_names)
     assert runner.precision() == "f32"
-    assert_matches_pytorch(runner.run, exp.model, "topk", batches=(1, 2, 7))
+    assert_matches_pytorch(runner.run, exp.model, "pack", batches=(1, 2, 7))
     rt = read_rt_info(exp.out / "model.xml")
     onnx_meta = {p.key: p.value for p in onnx.load(str(exp.onnx)).metadata_props}
     assert rt == onnx_meta
@@ -303,7 +337,7 @@ def test_static_batch_and_opset_20(tmp_mod):
     assert exp.manifest["batch"] == 3 and exp.manifest["simplify"]["requested"] is False
     assert [c["batch"] for c in exp.manifest["validation"]["cases"]] == [3, 3, 3]
     sess = ort_session(exp.onnx)
-    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), exp.model, "topk",
+    assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), exp.model, "pack",
                            batches=(3,))
 
 
@@ -324,7 +358,7 @@ def test_default_output_dir_and_reexport_replaces_the_artifact(tmp_path, capsys,
     code, stdout, err = cli(capsys, "export", ckpt, "-o", "dyt-edge-out/again", "--no-validate")
     assert code == 0, err
     second = json.loads((out / "dyt_edge.json").read_text())
-    assert second["dispatch"]["mode"] == "topk" and second["validation"] is None
+    assert second["dispatch"]["mode"] == "pack" and second["validation"] is None
     assert second["created"] > first["created"]
     assert sorted(p.name for p in out.iterdir()) == ["dyt_edge.json", "model.onnx"]
     assert leftovers(tmp_path) == []
@@ -424,10 +458,9 @@ def test_output_path_problems(capsys, tiny_ckpt, tmp_path, monkeypatch):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     code, _, err = cli(capsys, "export", tiny_ckpt, "-o", foreign)
-    assert_one_line_error(code, err, "not a dyt-edge artifact", "refusing")
+    assert_one_line_error(code, err, "not a dyt-edge artifact", "refusing",
+                          f"-o {foreign / 'model.onnx'} to write the model beside its files")
     assert (foreign / "notes.txt").read_text() == "mine"
-    code, _, err = cli(capsys, "export", tiny_ckpt, "-o", tmp_path / "model.onnx")
-    assert_one_line_error(code, err, "-o takes a directory")
     # Not writable (as root every directory is writable, so the check itself is exercised).
     real_access = os.access
     monkeypatch.setattr(artifacts.os, "access",
@@ -470,8 +503,190 @@ def test_missing_adapter_scale_is_asked_for(capsys, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(build_model(tiny_config()).state_dict(), path)
     code, _, err = cli(capsys, "export", path, "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "--num-heads")  # width 32: no standard head count
+    code, _, err = cli(capsys, "export", path, "-o", tmp_path / "out", "--num-heads", "2")
     assert_one_line_error(code, err, "--adapter-scale")
     assert not (tmp_path / "out").exists()
+
+
+# -- -o as a model file name ---------------------------------------------------------------------
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "resnet.onnx"])
+def test_o_names_the_model_file_in_a_directory_of_other_files(capsys, tmp_path, name):
+    model = randomize_dyt(build_model(tiny_config(depth=1)), seed=1)
+    ckpt = saved(tmp_path, model, "tiny")
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, stdout, err = cli(capsys, "export", ckpt, "-o", out / name, "--no-simplify")
+    assert code == 0, err
+    assert files_in(out) == sorted(["notes.txt", name, artifacts.MANIFEST_NAME])
+    assert (out / "notes.txt").read_text() == "mine"
+    m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
+    assert m["files"]["onnx"]["path"] == name and m["files"]["onnx"]["sha256"] == sha(out / name)
+    assert m["output"] == {"mode": "file", "name": name}
+    art = artifacts.load_artifact(out / name)
+    assert art.path == out and art.file() == out / name
+    from dyt_edge.runtimes import open_runtime
+
+    x = mixed_batch(4).numpy()
+    with open_runtime("onnxruntime", art) as rt:
+        res = rt.run(x)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x))
+    assert float(np.abs(res.logits - ref.numpy()).max()) <= ATOL
+    # a directory written this way is never replaced as a whole
+    code, _, err = cli(capsys, "export", ckpt, "-o", out, "--no-validate")
+    assert_one_line_error(code, err, "beside other files", f"-o {out / name}")
+    assert (out / "notes.txt").read_text() == "mine" and (out / name).exists()
+    # ... and holds one artifact: another model name is refused
+    code, _, err = cli(capsys, "export", ckpt, "-o", out / "other.onnx", "--no-validate")
+    assert_one_line_error(code, err, "already holds a dyt-edge artifact", f"-o {out / name}")
+    assert files_in(out) == sorted(["notes.txt", name, artifacts.MANIFEST_NAME])
+    assert leftovers(tmp_path) == []
+
+
+def test_openvino_file_name_then_reexport_as_onnx(capsys, tmp_path, monkeypatch):
+    from dyt_edge.build import build_artifact
+    from dyt_edge.runtimes import open_runtime
+
+    model = randomize_dyt(build_model(tiny_config(depth=1)), seed=3)
+    ckpt = saved(tmp_path, model, "tiny")
+    out = tmp_path / "serve"
+    out.mkdir()
+    (out / "config.yaml").write_text("user: file\n")
+    code, _, err = cli(capsys, "export", ckpt, "--format", "openvino", "-o", out / "net.xml",
+                       "--no-simplify")
+    assert code == 0, err
+    assert files_in(out) == sorted(["config.yaml", "net.xml", "net.bin", "net.onnx",
+                                    artifacts.MANIFEST_NAME])
+    m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
+    assert {k: v["path"] for k, v in m["files"].items()} == {
+        "onnx": "net.onnx", "openvino": "net.xml", "openvino_weights": "net.bin"}
+    x = mixed_batch(3).numpy()
+    with open_runtime("openvino", out) as rt:
+        ov_logits = rt.run(x).logits
+    built = build_artifact(out, "openvino", precision="fp32")
+    assert built.path == out / "openvino-fp32"
+    assert load_files(built.path) == {"openvino": "model.xml", "openvino_weights": "model.bin"}
+    b = artifacts.load_artifact(built.path).manifest
+    assert b["build"]["source_ir"] == "export net.xml" and b["output"] == {"mode": "directory"}
+    with open_runtime("openvino", built.path) as rt:
+        np.testing.assert_allclose(rt.run(x).logits, ov_logits, atol=1e-5)
+    # A rebuild replaces its own directory (the export's "file" mode is not inherited).
+    build_artifact(out, "openvino", precision="fp32")
+
+    # Re-exported as ONNX under the same name: the old IR files go, nothing else does.
+    before = sha(out / "net.onnx")
+    code, _, err = cli(capsys, "export", ckpt, "-o", out / "net.onnx", "--no-validate",
+                       "--dispatch", "complete")
+    assert code == 0, err
+    assert files_in(out) == sorted(["config.yaml", "net.onnx", "openvino-fp32",
+                                    artifacts.MANIFEST_NAME])
+    m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
+    assert set(m["files"]) == {"onnx"} and sha(out / "net.onnx") != before
+    assert any("replaced the dyt-edge artifact" in n and "net.bin, net.xml" in n
+               for n in m["notes"])
+    assert (out / "config.yaml").read_text() == "user: file\n"
+    assert leftovers(tmp_path) == []
+
+
+def load_files(directory: Path) -> dict[str, str]:
+    return {k: v["path"] for k, v in artifacts.load_artifact(directory).manifest["files"].items()}
+
+
+@pytest.mark.parametrize("fmt,name,needles", [
+    ("onnx", "x.xml", ["writes a model file ending in .onnx", "-o {d}/x.onnx",
+                       "--format openvino"]),
+    ("openvino", "x.onnx", ["--format openvino writes an .xml IR", "-o {d}/x.xml"]),
+    ("onnx", "x.bin", ["OpenVINO weights file", "-o {d}/x.onnx"]),
+    ("openvino", "x.bin", ["OpenVINO weights file", "-o {d}/x.xml"]),
+    ("onnx", "x.json", ["manifest", "-o {d}/x.onnx"]),
+    ("onnx", "x.engine", ["TensorRT engine", "dyt-edge build --target tensorrt"]),
+])
+def test_o_with_a_suffix_the_format_does_not_write(capsys, tiny_ckpt, tmp_path, fmt, name,
+                                                    needles):
+    d = tmp_path / "out"
+    code, _, err = cli(capsys, "export", tiny_ckpt, "--format", fmt, "-o", d / name)
+    assert_one_line_error(code, err, *(n.format(d=d) for n in needles))
+    assert code == 2 and not d.exists()
+
+
+def test_o_file_name_refuses_to_overwrite_a_file_that_is_not_ours(capsys, tiny_ckpt,
+                                                                   tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"someone else's model")
+    code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "model.onnx")
+    assert_one_line_error(code, err, f"{d / 'model.onnx'} already exists",
+                          "not part of a dyt-edge artifact")
+    # OpenVINO writes the ONNX beside the IR: that name is checked too
+    code, _, err = cli(capsys, "export", tiny_ckpt, "-f", "openvino", "-o", d / "model.xml")
+    assert_one_line_error(code, err, "model.onnx already exists")
+    assert files_in(d) == ["model.onnx"] and (d / "model.onnx").read_bytes().startswith(b"some")
+
+
+def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_path,
+                                                          monkeypatch):
+    from dyt_edge.exporters import pipeline
+
+    d = tmp_path / "out"
+    code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
+                       "--no-simplify")
+    assert code == 0, err
+    (d / "keep.txt").write_text("mine")
+    before = {n: sha(d / n) for n in files_in(d)}
+    mode = artifacts.load_artifact(d).manifest["dispatch"]["mode"]
+    assert mode != "complete"
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline.artifacts, "atomic_write_bytes", full_disk)
+        code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
+                           "--no-simplify", "--dispatch", "complete")
+    assert_one_line_error(code, err, "No space left on device")
+    assert {n: sha(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+
+    # A rename failing half-way through the swap puts the old files back.
+    real_replace = artifacts.os.replace
+
+    def no_manifest(src, dst, *a, **k):
+        if Path(dst).name == artifacts.MANIFEST_NAME and Path(dst).parent == d:
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts.os, "replace", no_manifest)
+        code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
+                           "--no-simplify", "--dispatch", "complete")
+    assert_one_line_error(code, err, "Input/output error")
+    assert {n: sha(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+    assert artifacts.load_artifact(d).manifest["dispatch"]["mode"] == mode
+
+
+def test_o_file_name_into_a_new_directory_and_the_help(capsys, tiny_ckpt, tmp_path):
+    d = tmp_path / "a" / "b"
+    code, stdout, err = cli(capsys, "export", tiny_ckpt, "-o", d / "model.onnx",
+                            "--no-validate", "--no-simplify", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["files"]["onnx"]["path"] == "model.onnx"
+    assert files_in(d) == sorted(["model.onnx", artifacts.MANIFEST_NAME])
+    code, stdout, _ = cli(capsys, "export", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "a directory" in text and "out/model.onnx" in text and "out/model.xml" in text
 
 
 # -- pieces -------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Runtimes: every backend equals the PyTorch reference, says what it runs, and refuses clearly.
 
-Two tiny exports (topk and capacity dispatch, both with an OpenVINO IR) are made once for the
-module; the bad-input cases work on copies of them with an edited manifest.
+Three tiny exports (pack, the default, topk and capacity dispatch, each with an OpenVINO IR) are
+made once for the module; the bad-input cases work on copies of them with an edited manifest.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Exported:
         torch.manual_seed(0)
         self.model = controlled_model("mlp", depth=2)
         self.ckpt = saved(tmp, self.model, name)
-        self.dispatch = options.get("dispatch", "topk")
+        self.dispatch = options.get("dispatch", "pack")
         self.capacity = options.get("capacity")
         result = export_checkpoint(self.ckpt, tmp / name, ExportOptions(format="openvino",
                                                                          **options))
@@ -57,8 +57,14 @@ def tmp_rt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def packed(tmp_rt):
+    """The default export (pack dispatch)."""
+    return Exported(tmp_rt, "packed")
+
+
+@pytest.fixture(scope="module")
 def topk(tmp_rt):
-    return Exported(tmp_rt, "topk")
+    return Exported(tmp_rt, "topk", dispatch="topk")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,7 @@ def openvino_caps(monkeypatch, caps):
 
 # -- parity ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("export", ["topk", "capacity"])
+@pytest.mark.parametrize("export", ["packed", "topk", "capacity"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_runtime_equals_the_pytorch_model(request, target, export):
     exp = request.getfixturevalue(export)
@@ -128,8 +134,8 @@ def test_capacity_export_drops_overflowing_tokens(capacity):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_describe_says_what_runs(topk, target):
-    with open_runtime(target, topk.path, ONE) as rt:
+def test_describe_says_what_runs(packed, target):
+    with open_runtime(target, packed.path, ONE) as rt:
         d = rt.describe()
     assert d["target"] == target and d["precision"] == "fp32" and d["hint"] == "latency"
     assert d["backend"].split()[-1][0].isdigit()  # "<name> <version>"
@@ -140,25 +146,25 @@ def test_describe_says_what_runs(topk, target):
     if target == "openvino":
         assert d["inference_precision_hint"] == "f32" and d["performance_hint"] == "LATENCY"
         assert d["optimal_requests"] >= 1
-        assert d["model_bytes"] == sum((topk.path / n).stat().st_size
+        assert d["model_bytes"] == sum((packed.path / n).stat().st_size
                                        for n in ("model.xml", "model.bin"))
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_prepare_and_throughput_run(topk, target):
+def test_prepare_and_throughput_run(packed, target):
     x = mixed_batch(3, seed=0).numpy()
-    with open_runtime(target, topk.path, ONE) as rt:
+    with open_runtime(target, packed.path, ONE) as rt:
         call = rt.prepare(x)
         call()
         call()
         n, seconds = rt.throughput(x, 0.05)
         assert n > 0 and seconds > 0
-        assert np.array_equal(rt.run(x).masks, topk.reference(torch.from_numpy(x))[1])
+        assert np.array_equal(rt.run(x).masks, packed.reference(torch.from_numpy(x))[1])
 
 
-def test_openvino_throughput_hint_and_streams(topk):
+def test_openvino_throughput_hint_and_streams(packed):
     x = mixed_batch(2, seed=0).numpy()
-    with open_runtime("openvino", topk.path,
+    with open_runtime("openvino", packed.path,
                       RuntimeOptions(hint="throughput", streams=2, threads=2)) as rt:
         d = rt.describe()
         assert d["performance_hint"] == "THROUGHPUT" and d["streams"] == 2
@@ -166,13 +172,13 @@ def test_openvino_throughput_hint_and_streams(topk):
         n, seconds = rt.throughput(x, 0.05)
         assert n >= 1 and seconds > 0
         out = rt.run(x)
-    ref, _ = topk.reference(torch.from_numpy(x))
+    ref, _ = packed.reference(torch.from_numpy(x))
     assert float(np.abs(out.logits - ref).max()) <= ATOL
 
 
 # -- precisions -----------------------------------------------------------------------------------
 
-def test_openvino_bf16_runs_and_reports_bf16(topk):
+def test_openvino_bf16_runs_and_reports_bf16(packed):
     from dyt_edge.runtimes.openvino_runtime import OpenVinoRuntime
 
     ov = OpenVinoRuntime.import_backend()
@@ -180,8 +186,8 @@ def test_openvino_bf16_runs_and_reports_bf16(topk):
     if "BF16" not in caps:
         pytest.skip(f"this CPU has no BF16 in OpenVINO ({', '.join(caps)})")
     x = mixed_batch(8, seed=5).numpy()
-    ref, _ = topk.reference(torch.from_numpy(x))
-    with open_runtime("openvino", topk.path, RuntimeOptions(precision="bf16", threads=1)) as rt:
+    ref, _ = packed.reference(torch.from_numpy(x))
+    with open_runtime("openvino", packed.path, RuntimeOptions(precision="bf16", threads=1)) as rt:
         assert rt.precision == "bf16"
         d = rt.describe()
         assert d["precision_in_effect"] == "bf16" and d["inference_precision_hint"] == "bf16"
@@ -191,10 +197,10 @@ def test_openvino_bf16_runs_and_reports_bf16(topk):
     assert 1e-5 < diff < 0.02, diff  # bf16 really ran (not f32), and stays close
 
 
-def test_pytorch_bf16_autocast(topk):
+def test_pytorch_bf16_autocast(packed):
     x = mixed_batch(3, seed=1).numpy()
-    ref, _ = topk.reference(torch.from_numpy(x))
-    with open_runtime("pytorch", topk.path, RuntimeOptions(precision="bf16")) as rt:
+    ref, _ = packed.reference(torch.from_numpy(x))
+    with open_runtime("pytorch", packed.path, RuntimeOptions(precision="bf16")) as rt:
         assert rt.describe()["precision_in_effect"].startswith("bf16")
         out = rt.run(x)
     assert out.logits.dtype == np.float32
@@ -202,23 +208,23 @@ def test_pytorch_bf16_autocast(topk):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_openvino_refuses_a_precision_the_cpu_lacks(monkeypatch, topk, precision):
+def test_openvino_refuses_a_precision_the_cpu_lacks(monkeypatch, packed, precision):
     ov = openvino_caps(monkeypatch, ["FP32", "INT8", "BIN"])
     name = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
     with pytest.raises(RuntimeSetupError) as info:
-        open_runtime("openvino", topk.path, RuntimeOptions(precision=precision))
+        open_runtime("openvino", packed.path, RuntimeOptions(precision=precision))
     msg = str(info.value)
     assert f"cannot run {precision}" in msg and name in msg
     assert "FP32, INT8, BIN" in msg and "choose one of: fp32, int8" in msg
 
 
 def test_openvino_accepts_fp16_when_the_cpu_reports_it_but_checks_what_compiled(monkeypatch,
-                                                                                 topk):
+                                                                                 packed):
     """fp16 passes the capability check when FP16 is reported; the precision read back after
     compiling decides (a CPU without FP16 compiles f16 as bf16: that is refused, not believed)."""
     openvino_caps(monkeypatch, ["FP32", "FP16", "BF16", "INT8"])
     try:
-        rt = open_runtime("openvino", topk.path, RuntimeOptions(precision="fp16", threads=1))
+        rt = open_runtime("openvino", packed.path, RuntimeOptions(precision="fp16", threads=1))
     except RuntimeSetupError as exc:
         assert "not the f16 asked for" in str(exc)
     else:
@@ -226,7 +232,7 @@ def test_openvino_accepts_fp16_when_the_cpu_reports_it_but_checks_what_compiled(
             assert rt.describe()["inference_precision_hint"] == "f16"
 
 
-def test_openvino_refuses_a_precision_other_than_asked(monkeypatch, topk):
+def test_openvino_refuses_a_precision_other_than_asked(monkeypatch, packed):
     """The precision in effect is read back, never assumed."""
     from dyt_edge.runtimes.openvino_runtime import OpenVinoRuntime
 
@@ -250,26 +256,26 @@ def test_openvino_refuses_a_precision_other_than_asked(monkeypatch, topk):
 
     monkeypatch.setattr(ov, "Core", Core)
     with pytest.raises(RuntimeSetupError, match="compiled .* at bf16, not the f32 asked for"):
-        open_runtime("openvino", topk.path, ONE)
+        open_runtime("openvino", packed.path, ONE)
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
-def test_int8_on_a_float_artifact_is_refused(topk, target):
+def test_int8_on_a_float_artifact_is_refused(packed, target):
     with pytest.raises(RuntimeSetupError, match="is not an INT8 model"):
-        open_runtime(target, topk.path, RuntimeOptions(precision="int8"))
+        open_runtime(target, packed.path, RuntimeOptions(precision="int8"))
 
 
-def test_onnxruntime_fp16_needs_an_fp16_model(topk):
+def test_onnxruntime_fp16_needs_an_fp16_model(packed):
     with pytest.raises(RuntimeSetupError, match="is not an FP16 model"):
-        open_runtime("onnxruntime", topk.path, RuntimeOptions(precision="fp16"))
+        open_runtime("onnxruntime", packed.path, RuntimeOptions(precision="fp16"))
     with pytest.raises(RuntimeSetupError, match="onnxruntime cannot run precision bf16"):
-        open_runtime("onnxruntime", topk.path, RuntimeOptions(precision="bf16"))
+        open_runtime("onnxruntime", packed.path, RuntimeOptions(precision="bf16"))
 
 
-def test_onnxruntime_checks_the_graph_against_the_manifest(topk, tmp_path):
+def test_onnxruntime_checks_the_graph_against_the_manifest(packed, tmp_path):
     """A manifest claiming an INT8 build over a float graph is refused: the precision comes
     from the graph, not the manifest's word."""
-    art = edited(topk.path, tmp_path / "claims-int8",
+    art = edited(packed.path, tmp_path / "claims-int8",
                  lambda m: m.update(build={"target": "onnxruntime", "precision": "int8"}))
     with pytest.raises(RuntimeSetupError, match="holds a fp32 graph .* manifest says int8"):
         open_runtime("onnxruntime", art, ONE)
@@ -277,9 +283,9 @@ def test_onnxruntime_checks_the_graph_against_the_manifest(topk, tmp_path):
         open_runtime("onnxruntime", art, RuntimeOptions(precision="fp32"))
 
 
-def test_pytorch_is_the_fp32_reference_for_built_artifacts(topk, tmp_path):
+def test_pytorch_is_the_fp32_reference_for_built_artifacts(packed, tmp_path):
     """A built artifact (here: one claiming bf16) still gets the fp32 reference."""
-    art = edited(topk.path, tmp_path / "built",
+    art = edited(packed.path, tmp_path / "built",
                  lambda m: m.update(build={"target": "openvino", "precision": "bf16"}))
     with open_runtime("pytorch", art) as rt:
         assert rt.precision == "fp32"
@@ -295,10 +301,10 @@ def test_pytorch_is_the_fp32_reference_for_built_artifacts(topk, tmp_path):
     (dict(streams=0), ["streams must be positive"]),
     (dict(threads=-1), ["threads must be positive"]),
 ])
-def test_bad_options_are_usage_errors(topk, options, needles):
+def test_bad_options_are_usage_errors(packed, options, needles):
     for target in TARGETS:
         with pytest.raises(UsageError) as info:
-            open_runtime(target, topk.path, RuntimeOptions(**options))
+            open_runtime(target, packed.path, RuntimeOptions(**options))
         for needle in needles:
             assert needle in str(info.value)
 
@@ -311,24 +317,24 @@ def test_precision_aliases():
 
 
 @pytest.mark.parametrize("target", ["pytorch", "onnxruntime"])
-def test_streams_are_an_openvino_setting(topk, target):
+def test_streams_are_an_openvino_setting(packed, target):
     with pytest.raises(RuntimeSetupError, match="has no streams"):
-        open_runtime(target, topk.path, RuntimeOptions(streams=2))
+        open_runtime(target, packed.path, RuntimeOptions(streams=2))
 
 
-def test_openvino_unknown_device(topk):
+def test_openvino_unknown_device(packed):
     with pytest.raises(RuntimeSetupError, match="OpenVINO has no device 'NPU7'"):
-        open_runtime("openvino", topk.path, RuntimeOptions(device="NPU7"))
+        open_runtime("openvino", packed.path, RuntimeOptions(device="NPU7"))
 
 
 # -- artifacts that do not fit --------------------------------------------------------------------
 
-def test_openvino_on_an_onnx_only_artifact(topk, tmp_path):
+def test_openvino_on_an_onnx_only_artifact(packed, tmp_path):
     def onnx_only(m):
         m["format"] = "onnx"
         m["files"] = {"onnx": m["files"]["onnx"]}
 
-    art = edited(topk.path, tmp_path / "onnx-only", onnx_only)
+    art = edited(packed.path, tmp_path / "onnx-only", onnx_only)
     with pytest.raises(RuntimeSetupError) as info:
         open_runtime("openvino", art)
     assert str(info.value) == (f"artifact {art} has no OpenVINO IR (run `dyt-edge build "
@@ -337,13 +343,13 @@ def test_openvino_on_an_onnx_only_artifact(topk, tmp_path):
         assert rt.run(mixed_batch(1).numpy()).logits.shape == (1, 5)
 
 
-def test_engine_artifact_on_onnxruntime_and_openvino(topk, tmp_path):
+def test_engine_artifact_on_onnxruntime_and_openvino(packed, tmp_path):
     def engine(m):
         m["format"] = "tensorrt"
         m["files"] = {"tensorrt": {"path": "model.engine", "bytes": 1, "sha256": "0"}}
         m["build"] = {"target": "tensorrt", "precision": "fp16", "parent": ".."}
 
-    art = edited(topk.path, tmp_path / "engine", engine)
+    art = edited(packed.path, tmp_path / "engine", engine)
     with pytest.raises(RuntimeSetupError,
                        match=r"has no ONNX model for --target onnxruntime \(built for tensorrt "
                              r"at fp16; it holds: tensorrt\) \(pass the export it was built"):
@@ -352,12 +358,12 @@ def test_engine_artifact_on_onnxruntime_and_openvino(topk, tmp_path):
         open_runtime("openvino", art)
 
 
-def test_openvino_build_on_onnxruntime(topk, tmp_path):
+def test_openvino_build_on_onnxruntime(packed, tmp_path):
     def ov_build(m):
         m["files"] = {k: v for k, v in m["files"].items() if k != "onnx"}
         m["build"] = {"target": "openvino", "precision": "fp32", "parent": ".."}
 
-    art = edited(topk.path, tmp_path / "openvino-fp32", ov_build)
+    art = edited(packed.path, tmp_path / "openvino-fp32", ov_build)
     with pytest.raises(RuntimeSetupError,
                        match=r"has no ONNX model .*\(built for openvino at fp32; it holds: "
                              r"openvino\)"):
@@ -366,16 +372,16 @@ def test_openvino_build_on_onnxruntime(topk, tmp_path):
         assert rt.precision == "fp32"
 
 
-def test_missing_model_file(topk, tmp_path):
-    art = edited(topk.path, tmp_path / "no-bin", lambda m: None)
+def test_missing_model_file(packed, tmp_path):
+    art = edited(packed.path, tmp_path / "no-bin", lambda m: None)
     (art / "model.bin").unlink()
     with pytest.raises(RuntimeSetupError, match="is incomplete: model.bin is missing"):
         open_runtime("openvino", art)
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_wrong_images_are_refused(topk, target):
-    with open_runtime(target, topk.path, ONE) as rt:
+def test_wrong_images_are_refused(packed, target):
+    with open_runtime(target, packed.path, ONE) as rt:
         for shape in [(1, 3, 16, 16), (1, 1, 32, 32), (3, 32, 32)]:
             with pytest.raises(RuntimeSetupError,
                                match=r"do not fit this model .*\[B, 3, 32, 32\]"):
@@ -385,8 +391,8 @@ def test_wrong_images_are_refused(topk, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_static_batch_mismatch(topk, tmp_path, target):
-    art = edited(topk.path, tmp_path / "static", lambda m: m.update(batch=3))
+def test_static_batch_mismatch(packed, tmp_path, target):
+    art = edited(packed.path, tmp_path / "static", lambda m: m.update(batch=3))
     with open_runtime(target, art, ONE) as rt:
         assert rt.run(mixed_batch(3).numpy()).logits.shape == (3, 5)
         with pytest.raises(RuntimeSetupError, match="static batch of 3; got 2 images"):
@@ -397,10 +403,10 @@ def test_static_batch_mismatch(topk, tmp_path, target):
 
 # -- the PyTorch reference ------------------------------------------------------------------------
 
-def test_pytorch_refuses_a_changed_checkpoint(topk, tmp_path):
+def test_pytorch_refuses_a_changed_checkpoint(packed, tmp_path):
     ckpt = tmp_path / "copy.safetensors"
-    shutil.copyfile(topk.ckpt, ckpt)
-    art = edited(topk.path, tmp_path / "art", lambda m: m["source"].update(path=str(ckpt)))
+    shutil.copyfile(packed.ckpt, ckpt)
+    art = edited(packed.path, tmp_path / "art", lambda m: m["source"].update(path=str(ckpt)))
     with open_runtime("pytorch", art) as rt:  # the same bytes: accepted
         assert rt.describe()["model_file"] == str(ckpt)
     with open(ckpt, "ab") as f:
@@ -414,28 +420,28 @@ def test_pytorch_refuses_a_changed_checkpoint(topk, tmp_path):
         open_runtime("pytorch", art)
 
 
-def test_pytorch_refuses_an_artifact_without_a_checkpoint(topk, tmp_path):
-    art = edited(topk.path, tmp_path / "mem",
+def test_pytorch_refuses_an_artifact_without_a_checkpoint(packed, tmp_path):
+    art = edited(packed.path, tmp_path / "mem",
                  lambda m: m.update(source={"path": None, "sha256": None, "format": "in-memory"}))
     with pytest.raises(RuntimeSetupError, match="records no checkpoint"):
         open_runtime("pytorch", art)
 
 
-def test_pytorch_uses_the_recorded_config(topk, tmp_path):
+def test_pytorch_uses_the_recorded_config(packed, tmp_path):
     """A published state_dict has no adapter scale: the export got it from --adapter-scale, the
     manifest records it, and the reference loads with it (not failing, not defaulting)."""
     from dyt_edge.checkpoint import file_sha256, load_model
     from dyt_edge.errors import CheckpointError
 
     bare = tmp_path / "bare.pth"
-    torch.save(topk.model.state_dict(), bare)
+    torch.save(packed.model.state_dict(), bare)
     with pytest.raises(CheckpointError, match="adapter scale not found"):
-        load_model(bare)
-    assert topk.model.config.adapter_scale == 0.5  # not the default 0.1
-    art = edited(topk.path, tmp_path / "art", lambda m: m["source"].update(
+        load_model(bare, num_heads=packed.model.config.num_heads)  # width 32: heads asked for
+    assert packed.model.config.adapter_scale == 0.5  # not the default 0.1
+    art = edited(packed.path, tmp_path / "art", lambda m: m["source"].update(
         path=str(bare), sha256=file_sha256(bare), format="published", layout="state_dict"))
     x = mixed_batch(8, seed=2)
-    ref, ref_masks = topk.reference(x)
+    ref, ref_masks = packed.reference(x)
     with open_runtime("pytorch", art) as rt:
         assert rt.model.config.adapter_scale == 0.5
         out = rt.run(x.numpy())
@@ -454,72 +460,73 @@ def test_pytorch_dispatch_override(capacity, mode):
     assert np.array_equal(out.masks, ref_masks)
 
 
-def test_pytorch_bad_dispatch(topk):
+def test_pytorch_bad_dispatch(packed):
     with pytest.raises(UsageError, match="unknown dispatch mode 'topkk'.*did you mean 'topk'"):
-        open_runtime("pytorch", topk.path, RuntimeOptions(dispatch="topkk"))
+        open_runtime("pytorch", packed.path, RuntimeOptions(dispatch="topkk"))
     with pytest.raises(UsageError, match="capacity needs a capacity"):
-        open_runtime("pytorch", topk.path, RuntimeOptions(dispatch="capacity"))
-    with open_runtime("pytorch", topk.path,
+        open_runtime("pytorch", packed.path, RuntimeOptions(dispatch="capacity"))
+    with open_runtime("pytorch", packed.path,
                       RuntimeOptions(dispatch="capacity", extra={"capacity": 0.25})) as rt:
         x = mixed_batch(3)
         out = rt.run(x.numpy())
-    with torch.no_grad(), topk.model.dispatching("capacity", 0.25):
-        ref = topk.model(x).numpy()
+    with torch.no_grad(), packed.model.dispatching("capacity", 0.25):
+        ref = packed.model(x).numpy()
     assert float(np.abs(out.logits - ref).max()) <= 1e-6
-    assert float(np.abs(out.logits - topk.reference(x, "mask")[0]).max()) > 1e-6
+    assert float(np.abs(out.logits - packed.reference(x, "mask")[0]).max()) > 1e-6
 
 
-def test_pytorch_threads_are_restored(topk):
+def test_pytorch_threads_are_restored(packed):
     before = torch.get_num_threads()
-    with open_runtime("pytorch", topk.path, RuntimeOptions(threads=before + 1)) as rt:
+    with open_runtime("pytorch", packed.path, RuntimeOptions(threads=before + 1)) as rt:
         assert torch.get_num_threads() == before + 1 == rt.describe()["threads"]
     assert torch.get_num_threads() == before
 
 
-def test_pytorch_from_model(topk):
+def test_pytorch_from_model(packed):
     x = mixed_batch(3, seed=6)
-    ref, ref_masks = topk.reference(x, "mask")
-    with TorchRuntime.from_model(topk.model, {"dispatch": {"mode": "mask"}}) as rt:
+    ref, ref_masks = packed.reference(x, "mask")
+    before = packed.model.dispatch_mode
+    with TorchRuntime.from_model(packed.model, {"dispatch": {"mode": "mask"}}) as rt:
         out = rt.run(x.numpy())
         assert rt.describe()["model"] == "in-memory"
-    assert topk.model.dispatch_mode == "topk"  # untouched
+    assert packed.model.dispatch_mode == before  # untouched
     assert float(np.abs(out.logits - ref).max()) <= 1e-5 and np.array_equal(out.masks, ref_masks)
 
 
 # -- TensorRT -------------------------------------------------------------------------------------
 
-def test_tensorrt_missing_names_the_install_command(monkeypatch, topk):
+def test_tensorrt_missing_names_the_install_command(monkeypatch, packed):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if not installed
     with pytest.raises(RuntimeUnavailable) as info:
-        open_runtime("tensorrt", topk.path)
+        open_runtime("tensorrt", packed.path)
     msg = str(info.value)
     assert msg.startswith("TensorRT is not installed")
     assert 'pip install "dyt-edge[tensorrt]"' in msg and "dyt-edge[tensorrt-v100]" in msg
 
 
-def test_tensorrt_present_refuses_honestly(monkeypatch, topk, tmp_path):
+def test_tensorrt_present_refuses_honestly(monkeypatch, packed, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     with pytest.raises(RuntimeSetupError, match="has no TensorRT engine .*build --target tensorrt"):
-        open_runtime("tensorrt", topk.path)
+        open_runtime("tensorrt", packed.path)
 
     def engine(m):
         m["files"] = {"tensorrt": {"path": "model.engine", "bytes": 1, "sha256": "0"}}
         m["build"] = {"target": "tensorrt", "precision": "fp16"}
 
-    art = edited(topk.path, tmp_path / "engine", engine)
+    art = edited(packed.path, tmp_path / "engine", engine)
     with pytest.raises(RuntimeSetupError, match="incomplete: model.engine is missing"):
         open_runtime("tensorrt", art)
 
 
-def test_unavailable_backends_name_their_install_command(monkeypatch, topk):
+def test_unavailable_backends_name_their_install_command(monkeypatch, packed):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RuntimeUnavailable, match=r"ONNX Runtime is not installed \(pip install"):
-        open_runtime("onnxruntime", topk.path)
+        open_runtime("onnxruntime", packed.path)
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(RuntimeUnavailable, match=r"OpenVINO is not installed \(pip install"):
-        open_runtime("openvino", topk.path)
+        open_runtime("openvino", packed.path)
 
 
-def test_describe_is_json(topk):
-    with open_runtime("openvino", topk.path, ONE) as rt:
+def test_describe_is_json(packed):
+    with open_runtime("openvino", packed.path, ONE) as rt:
         json.dumps(rt.describe())

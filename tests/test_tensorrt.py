@@ -229,13 +229,17 @@ def test_trtexec_lines_per_major():
     assert tplan.trtexec_majors(None, None) == [10, 11]
 
 
-def test_dispatch_advice_recommends_capacity_and_explains_topk():
+def test_dispatch_advice_explains_pack_topk_and_capacity():
+    pack = tplan.dispatch_advice({"dispatch": {"mode": "pack"}})
+    assert "NonZero" in pack[0] and "mean activation" in pack[0] and "data-dependent" in pack[0]
+    assert pack[1].startswith("recommended: keep the default `pack` export")
+    assert "--dispatch capacity" in pack[2]
     topk = tplan.dispatch_advice({"dispatch": {"mode": "topk"}},
                                  {"dispatchers": [{"k_bound": 197}, {"k_bound": 197}]})
     assert "data-dependent K" in topk[0] and "<= 197 tokens, under TensorRT's limit of 3840" \
         in topk[0]
-    assert topk[1].startswith("recommended: deploy `capacity` on TensorRT")
-    assert "--dispatch capacity" in topk[2]
+    assert "busiest image" in topk[0]
+    assert topk[1] == pack[1] and "--dispatch capacity" in topk[2]
     over = tplan.dispatch_advice({"dispatch": {"mode": "topk"}},
                                  {"dispatchers": [{"k_bound": 4097}]})
     assert "TensorRT needs K < 3840" in over[0]
@@ -243,7 +247,7 @@ def test_dispatch_advice_recommends_capacity_and_explains_topk():
                                               "capacity_slots": [98, 98]}})
     assert "static shapes" in cap[0] and "overflow" in cap[0] and len(cap) == 2
     doc = " ".join(tplan.__doc__.split())
-    assert "Recommendation: **deploy ``capacity`` on TensorRT**" in doc
+    assert "Recommendation: **keep the default ``pack`` export**" in doc
     assert "output allocators are only for data-dependent *outputs*" in doc
 
 
@@ -306,7 +310,7 @@ def test_dry_run_for_t4_prints_report_plan_and_trtexec_per_major(capsys, work, b
                    "Tesla T4 (sm_75, Turing", "TensorRT not installed",
                    "images: min 1x3x32x32, opt 8x3x32x32, max 32x3x32x32",
                    "4 GiB (4096 MiB)", "strongly typed", "Dispatch on TensorRT",
-                   "recommended: deploy `capacity` on TensorRT", "TensorRT 10.x:",
+                   "recommended: keep the default `pack` export", "TensorRT 10.x:",
                    "TensorRT 11.x:", 'install it: pip install "tensorrt-cu12>=10.0"'):
         assert needle in text, needle
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("trtexec ")]
@@ -801,7 +805,7 @@ def test_build_wiring_with_a_fake_tensorrt(capsys, work, monkeypatch, fake_trt, 
     assert meta["engine"]["bytes"] == len(b"FAKE-ENGINE")
     assert meta["source_model"]["sha256"] == load_artifact(work).manifest["files"]["onnx"][
         "sha256"]
-    assert meta["dispatch"]["mode"] == "topk" and meta["precision"] == "fp32"
+    assert meta["dispatch"]["mode"] == "pack" and meta["precision"] == "fp32"
     assert [t["name"] for t in meta["io"]] == ["images", "logits", "masks"]
     assert any("TensorRT logged 1 warning" in n for n in b["notes"])
     text = " ".join(out.split())
@@ -955,7 +959,7 @@ def test_runtime_wiring_with_a_fake_tensorrt_and_cuda(work, monkeypatch, fake_tr
         out = rt.run(x[:2])
         np.testing.assert_allclose(out.logits, _expected(x[:2])[0], rtol=1e-6)
         note = rt.describe()["cuda_graph"]
-        assert note.startswith("requested, not capturable") and "topk engine" in note
+        assert note.startswith("requested, not capturable") and "pack engine" in note
         assert ("launch",) not in cuda.log
 
 

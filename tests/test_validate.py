@@ -116,7 +116,7 @@ def test_fp32_onnxruntime_passes_with_no_flips(passing, digits_export):
     assert 0 < m["reference_active_pct"] < 100  # the gates really dispatch
     assert [c.status for c in r.checks] == ["pass"] * 4
     assert [row["name"] for row in r.layers] == ["blocks.0.mlp", "blocks.1.mlp"]
-    assert r.reference["target"] == "pytorch" and r.reference["dispatch"] == "topk"
+    assert r.reference["target"] == "pytorch" and r.reference["dispatch"] == "pack"
     assert r.capacity is None
 
 
@@ -148,7 +148,7 @@ def test_skewed_logits_fail_on_max_diff_and_overrides_pass(monkeypatch, capsys, 
     code, out, err = cli(capsys, "validate", digits_export[1], "--target", "onnxruntime",
                          "--data", "digits", "--samples", 16, "--json", tmp_path / "r.json")
     line = assert_one_line_error(code, err, "max logit diff (no flipped gate) 1.00e-02",
-                                 "<= 1.00e-03")
+                                 "<= 1.00e-04")
     assert code == 1 and "FAILED" in out and "FAIL" in out  # the report is printed first
     saved = json.loads((tmp_path / "r.json").read_text())  # and written
     assert saved["passed"] is False and saved["failed_checks"] == ["max_diff"]
@@ -244,16 +244,24 @@ def test_json_schema(passing, tmp_path):
     d = json.loads(path.read_text())
     assert set(d) == {"schema", "kind", "dyt_edge_version", "created", "passed", "verdict",
                       "failed_checks", "artifact", "target", "reference", "precision", "data",
-                      "batch", "thresholds", "metrics", "layers", "capacity", "checks", "notes",
-                      "seconds"}
+                      "batch", "thresholds", "metrics", "layers", "capacity", "classes",
+                      "checks", "notes", "seconds"}
+    if d["classes"] is not None:  # labelled data: per-class rows
+        assert set(d["classes"]) == {"relation", "names_from", "accuracy", "rows"}
+        assert set(d["classes"]["rows"][0]) == {"index", "name", "images",
+                                                "reference_accuracy_pct", "target_accuracy_pct",
+                                                "top1_agreement_pct"}
     assert d["schema"] == 1 and d["kind"] == "dyt-edge.validate" and d["verdict"] == "passed"
     assert set(d["metrics"]) == {
         "images", "classes", "max_abs_diff", "mean_abs_diff", "max_abs_diff_unflipped",
         "unflipped_images", "logit_scale", "top1_agreement_pct", "top1_disagreements",
         "masks_compared", "decisions", "flips", "flip_pct", "images_with_flips",
         "reference_active_pct", "target_active_pct", "reference_accuracy_pct",
-        "target_accuracy_pct", "accuracy_delta_points"}
-    assert set(d["thresholds"]) == {"precision", "max_diff", "max_diff_rel",
+        "target_accuracy_pct", "accuracy_delta_points", "rounding"}
+    assert set(d["metrics"]["rounding"]) == {"logits", "images", "excluded",
+                                             "target_vs_float64"}
+    assert d["metrics"]["rounding"]["images"] >= 1
+    assert set(d["thresholds"]) == {"precision", "max_diff", "max_diff_rounding", "max_diff_rel",
                                     "min_agreement_pct", "max_flip_pct", "max_drop_points",
                                     "overridden"}
     assert set(d["data"]) >= {"spec", "name", "split", "images", "skipped", "requested",
@@ -304,7 +312,16 @@ def test_compare_outputs_counts_flips_per_layer_and_isolates_numerics():
     assert m["unflipped_images"] == 3 and m["top1_agreement_pct"] == 100
     assert m["reference_accuracy_pct"] == 75 and m["accuracy_delta_points"] == 0
     checks = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}
-    assert checks["max_diff"].status == "pass"          # 2e-4 <= 1e-3
+    assert checks["max_diff"].status == "fail"          # no rounding measured: the floor 1e-4
+    assert checks["max_diff"].threshold == pytest.approx(1e-4)
+    # PyTorch fp32 itself 1e-4 away from float64: the bound is 4x that
+    m["rounding"] = {"logits": 1e-4, "images": 3, "excluded": 0, "target_vs_float64": 5e-5}
+    checks = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}
+    assert checks["max_diff"].status == "pass"          # 2e-4 <= 4e-4
+    assert checks["max_diff"].threshold == pytest.approx(4e-4)
+    assert "4 x PyTorch fp32's own error 1.0e-04" in checks["max_diff"].detail
+    m["rounding"]["logits"] = 4e-5                      # 2e-4 > 1.6e-4
+    assert {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}["max_diff"].failed
     assert checks["gate_flips"].status == "fail"        # 5% > 0.1%
     bf16 = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["bf16"])}
     assert bf16["max_diff"].threshold == pytest.approx(0.1)  # 10% of the logit scale (1)

@@ -165,6 +165,20 @@ def _num(value: Optional[float], fmt: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{suffix}"
 
 
+def per_class_line(rows: list[dict[str, Any]], show: int = 5) -> str:
+    """``activation per class: cat 41.0% (12), dog 55.3% (12)``; with many classes the
+    lowest and highest ``show``."""
+    def cell(r: dict[str, Any]) -> str:
+        return f"{r['name']} {r['mean']:.1%} ({r['images']})"
+
+    if len(rows) <= 2 * show + 2:
+        return "activation per class (images): " + ", ".join(cell(r) for r in rows)
+    ranked = sorted(rows, key=lambda r: (r["mean"], r["index"]))
+    return (f"activation per class (images), {len(rows)} classes: lowest "
+            + ", ".join(cell(r) for r in ranked[:show]) + "; highest "
+            + ", ".join(cell(r) for r in ranked[-show:]))
+
+
 def render(result: dict[str, Any], console: Any) -> None:
     """The results table, with the activation, FLOPs and notes around it."""
     from rich import box
@@ -181,6 +195,8 @@ def render(result: dict[str, Any], console: Any) -> None:
         console.print(f"activation: {act['mean']:.1%} of patch tokens on average over "
                       f"{len(act['per_layer'])} dispatchers, measured by {result['target']} on "
                       f"{act['images']} images of {s['data']}")
+    if act and act.get("per_class"):
+        console.print(per_class_line(act["per_class"]), highlight=False)
     fl = result.get("flops")
     if fl:
         console.print(f"GFLOPs: {fl['dyt_gflops']:.4g} (DyT at that activation) vs "

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ImgSize, Json, NumHeads,
-                      Preproc, model_overrides)
+from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ClassNamesFile, ImgSize,
+                      Json, NumHeads, Preproc, model_overrides)
 
 EXPORT_PANEL = "Export"
 _FORMATS = "onnx | openvino"
-_MODES = "topk | pack | capacity | mask | complete"
+_MODES = "pack | topk | capacity | mask | complete"
 
 
 def export(
@@ -25,10 +25,12 @@ def export(
         rich_help_panel=EXPORT_PANEL)] = None,
     dispatch: Annotated[Optional[str], typer.Option(
         "--dispatch", show_default=False,
-        help=f"How token skipping runs in the graph: {_MODES}. topk: TopK / GatherND / "
-        "ScatterND with K = the batch's largest active count; pack: NonZero; capacity: static "
-        "K per layer (needs --capacity); mask: dense exact reference; complete: every token "
-        "(the baseline). \\[default: topk]", rich_help_panel=EXPORT_PANEL)] = None,
+        help=f"How token skipping runs in the graph: {_MODES}. pack: the batch's active "
+        "tokens packed into one matrix (NonZero / GatherND / ScatterND), a batch costs its mean "
+        "activation; topk: TopK / GatherND / ScatterND per image with K = the batch's largest "
+        "active count (a batch costs its busiest image); capacity: static K per layer (needs "
+        "--capacity); mask: dense exact reference; complete: every token (the baseline). "
+        "\\[default: pack]", rich_help_panel=EXPORT_PANEL)] = None,
     capacity: Annotated[Optional[float], typer.Option(
         "--capacity", help="capacity mode: fraction of patch tokens each dispatcher keeps, "
         "in (0, 1].", rich_help_panel=EXPORT_PANEL)] = None,
@@ -50,11 +52,15 @@ def export(
         "no / all tokens active) and fail on a mismatch. \\[default: validate]",
         rich_help_panel=EXPORT_PANEL)] = None,
     atol: Annotated[Optional[float], typer.Option(
-        "--atol", show_default=False, help="Validation tolerance on the logits (fp32). "
-        "\\[default: 1e-4]", rich_help_panel=EXPORT_PANEL)] = None,
+        "--atol", show_default=False, help="Floor of the validation tolerance on the logits "
+        "(fp32); the tolerance is 4 x PyTorch fp32's own error against the model in float64 "
+        "when that is larger. \\[default: 1e-4]", rich_help_panel=EXPORT_PANEL)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", show_default=False,
-        help="Artifact directory (replaced as a whole). \\[default: dyt-edge-out/<checkpoint "
+        help="Where to write: a directory (the artifact, replaced as a whole), or a model file "
+        "name in one, e.g. out/model.onnx (out/model.xml for --format openvino: model.bin and "
+        "model.onnx go beside it): then only the artifact's own files in out/ are written or "
+        "replaced, the rest of out/ is left alone. \\[default: dyt-edge-out/<checkpoint "
         "stem>/]", rich_help_panel=EXPORT_PANEL)] = None,
     as_json: Json = False,
     adapter_scale: AdapterScale = None,
@@ -62,15 +68,18 @@ def export(
     num_heads: NumHeads = None,
     img_size: ImgSize = None,
     preprocessing: Preproc = None,
+    class_names: ClassNamesFile = None,
 ) -> None:
     """Export a checkpoint to ONNX (or OpenVINO IR) whose token dispatch really skips work.
 
-    The graph computes each gate in fp32, takes the per-image active counts, K = the batch
-    maximum, TopK of the gate scores, gathers the active tokens (GatherND), runs the sub-block
-    on [B, K, C] and scatters the results back (ScatterND). One file serves every batch size.
-    The export is validated against the PyTorch model in ONNX Runtime (and OpenVINO), and a
-    manifest (dyt_edge.json) with the graph report is written beside it.
+    The graph computes each gate in fp32, finds the batch's active tokens (NonZero), gathers
+    them into one [M, C] matrix (GatherND), runs the MLP on it and scatters the results back
+    (ScatterND), so a batch costs its mean activation at any batch size. One file serves every
+    batch size. The export is validated against the PyTorch model in ONNX Runtime (and
+    OpenVINO), judged by the model's own fp32 rounding, and a manifest (dyt_edge.json) with the
+    graph report is written beside it.
     """
+    from dyt_edge.config import DEFAULT_DISPATCH
     from dyt_edge.exporters import formats
     from dyt_edge.exporters.pipeline import ExportOptions
 
@@ -79,7 +88,7 @@ def export(
                                 "batch": batch, "simplify": simplify, "validate": validate,
                                 "atol": atol})
     options = ExportOptions(
-        format=fmt.name, dispatch=dispatch or "topk", capacity=capacity, opset=opset,
+        format=fmt.name, dispatch=dispatch or DEFAULT_DISPATCH, capacity=capacity, opset=opset,
         batch=formats.parse_batch(batch), simplify=True if simplify is None else simplify,
         validate=True if validate is None else validate,
         atol=1e-4 if atol is None else atol).checked()
@@ -95,11 +104,12 @@ def export(
     err = Console(stderr=True)
     try:
         if as_json:
-            result = export_checkpoint(checkpoint, output, options, overrides=overrides)
+            result = export_checkpoint(checkpoint, output, options, overrides=overrides,
+                                       class_names=class_names)
         else:
             with err.status("exporting") as status:
                 result = export_checkpoint(
-                    checkpoint, output, options, overrides=overrides,
+                    checkpoint, output, options, overrides=overrides, class_names=class_names,
                     progress=lambda stage: status.update(f"{stage}..."))
     except ValidationError as exc:
         if exc.result is not None and not as_json:
@@ -168,14 +178,15 @@ def render(result: Any) -> None:
 def render_validation(v: Any, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Validation on {v.runtime} vs {v.reference}, atol {v.atol:g}",
-                  title_justify="left")
-    for col in ("case", "images", "max diff", "vs mask", "gate decisions", "tokens active",
-                "status"):
+    table = Table(title=f"Validation on {v.runtime} vs {v.reference}, atol {v.atol:.2g} "
+                  f"({v.tolerance_source})", title_justify="left")
+    for col in ("case", "images", "max diff", "vs mask", "vs float64", "PyTorch vs float64",
+                "gate decisions", "tokens active", "status"):
         table.add_column(col, justify="left" if col in ("case", "status") else "right")
     for c in v.cases:
         if c.skipped:
-            table.add_row(c.name, str(c.batch), "-", "-", "-", "-", f"skipped: {c.skipped}")
+            table.add_row(c.name, str(c.batch), "-", "-", "-", "-", "-", "-",
+                          f"skipped: {c.skipped}")
             continue
         per_image = c.decisions // max(c.batch, 1)
         active = (f"{min(c.active_per_image) / per_image:.0%}-"
@@ -187,7 +198,8 @@ def render_validation(v: Any, console) -> None:
         if c.overflow_images:
             active += f", {c.overflow_images} overflow"
         fmt = (lambda x: "-" if x is None else f"{x:.2e}")
-        table.add_row(c.name, str(c.batch), fmt(c.max_diff), fmt(c.max_diff_vs_mask), decisions,
+        table.add_row(c.name, str(c.batch), fmt(c.max_diff), fmt(c.max_diff_vs_mask),
+                      fmt(c.max_diff_vs_float64), fmt(c.reference_error), decisions,
                       active, "[green]ok[/]" if c.passed else "[red]FAILED[/]")
     console.print(table)
     style = "green" if v.passed else "red"

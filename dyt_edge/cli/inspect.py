@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, Data, ImgSize, Json,
-                      NumHeads, Preproc, model_overrides)
+from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ClassNamesFile, Data,
+                      ImgSize, Json, NumHeads, Preproc, model_overrides)
 
 
 def inspect(
@@ -22,6 +22,7 @@ def inspect(
     num_heads: NumHeads = None,
     img_size: ImgSize = None,
     preprocessing: Preproc = None,
+    class_names: ClassNamesFile = None,
 ) -> None:
     """Show a checkpoint's architecture, variant, adapters, parameters and FLOPs.
 
@@ -35,14 +36,14 @@ def inspect(
                                 preprocessing)
     if as_json or data is None:
         info = inspect_checkpoint(checkpoint, data=data, samples=samples, batch_size=batch_size,
-                                  **overrides)
+                                  class_names=class_names, **overrides)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task("measuring dispatch", total=None)
             info = inspect_checkpoint(checkpoint, data=data, samples=samples,
-                                      batch_size=batch_size,
+                                      batch_size=batch_size, class_names=class_names,
                                       progress=lambda n: bar.advance(task, n), **overrides)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -58,6 +59,8 @@ def render(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..config import Preprocessing
+
     console = Console()
     cfg, prov, params = info["config"], info["provenance"], info["parameters"]
     ck = info["checkpoint"]
@@ -72,6 +75,15 @@ def render(info: dict[str, Any]) -> None:
                     f"ViT {cfg['img_size']}px, patch {cfg['patch_size']}, width "
                     f"{cfg['embed_dim']}, depth {cfg['depth']}, {cfg['num_heads']} heads, "
                     f"MLP x{cfg['mlp_ratio']:g}, {cfg['num_classes']} classes")
+    summary.add_row("heads", f"{cfg['num_heads']}  (from {prov.get('num_heads', '?')})")
+    names = info.get("class_names")
+    if names:
+        from ..class_names import preview
+
+        summary.add_row("class names", f"{len(names)}: {preview(names)}  "
+                                       f"(from {info.get('class_names_source')})")
+    else:
+        summary.add_row("class names", "not recorded (pass --class-names FILE)")
     summary.add_row("variant", f"{cfg['variant']}  ({len(info['dispatchers'])} dispatchers)")
     adapter = cfg["adapter_kind"]
     if adapter == "moe":
@@ -81,8 +93,7 @@ def render(info: dict[str, Any]) -> None:
     scale = "learnable" if cfg["adapter_scale_learnable"] else f"{cfg['adapter_scale']:g}"
     summary.add_row("adapter scale", f"{scale}  (from {prov.get('adapter_scale', '?')})")
     summary.add_row("preprocessing",
-                    f"{pre['name']}: resize {pre['resize']} {pre['interpolation']}, crop "
-                    f"{pre['crop']}, mean {tuple(pre['mean'])}, std {tuple(pre['std'])}  "
+                    f"{Preprocessing.from_dict(pre).describe()}  "
                     f"(from {prov.get('preprocessing', '?')})")
     summary.add_row("parameters",
                     f"{_m(params['total'])} total; trainable {_m(params['trainable'])} "

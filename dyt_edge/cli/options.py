@@ -16,13 +16,21 @@ AdapterLayerNorm = Annotated[Optional[str], typer.Option(
     "--adapter-layernorm", help="Adapter LayerNorm placement: in | out.",
     rich_help_panel=MODEL_PANEL)]
 NumHeads = Annotated[Optional[int], typer.Option(
-    "--num-heads", help="Attention heads (default: args, else width / 64).",
+    "--num-heads", help="Attention heads (default: the checkpoint's args, else timm's standard "
+    "head count for its width: 192->3, 384->6, 768->12, 1024/1280->16, ...; other widths need "
+    "it).",
     rich_help_panel=MODEL_PANEL)]
 ImgSize = Annotated[Optional[int], typer.Option(
     "--img-size", help="Input image size (default: from pos_embed).", rich_help_panel=MODEL_PANEL)]
 Preproc = Annotated[Optional[str], typer.Option(
-    "--preprocessing", help="Preprocessing recipe: vtab (resize, mean=std=0.5) | imagenet "
-    "(resize 256, crop 224, ImageNet stats).", rich_help_panel=MODEL_PANEL)]
+    "--preprocessing", help="Preprocessing recipe: vtab (squash to 224x224, aspect ratio not "
+    "kept, no crop; bicubic; mean=std=0.5) | imagenet (shorter side to 256, center crop "
+    "224x224; bicubic; ImageNet mean/std). Sizes follow the model's input size.",
+    rich_help_panel=MODEL_PANEL)]
+ClassNamesFile = Annotated[Optional[Path], typer.Option(
+    "--class-names", help="Text file of class names, one per line in class-index order (blank "
+    "lines ignored; one name per class). Default: the names a dyt-edge checkpoint records "
+    "(published checkpoints record none).", rich_help_panel=MODEL_PANEL, show_default=False)]
 
 Data = Annotated[Optional[str], typer.Option(
     "--data", help="Images: 'digits', an ImageFolder directory, or an .npz (images, labels).")]

@@ -37,7 +37,8 @@ def validate(
     = None,
     max_diff: Annotated[Optional[float], typer.Option(
         "--max-diff", show_default=False, rich_help_panel=CHECK_PANEL,
-        help="Max abs logit difference on images with no flipped gate (fp32: 1e-3).")] = None,
+        help="Max abs logit difference on images with no flipped gate, absolute (default at "
+        "fp32: 4 x PyTorch fp32's own error vs float64, at least 1e-4).")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(
         "--min-agreement", show_default=False, rich_help_panel=CHECK_PANEL,
         help="Min top-1 agreement, percent (fp32: 99.9, int8: 98).")] = None,
@@ -98,6 +99,31 @@ def validate(
 
 def _pct(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2f}%"
+
+
+def render_classes(classes: Optional[dict[str, Any]], console) -> None:
+    """The per-class table (all classes when few, else the worst first)."""
+    if not classes or not classes.get("rows"):
+        return
+    from rich.table import Table
+
+    from dyt_edge.class_names import worst_first
+
+    rows, left = worst_first(classes["rows"])
+    how = {"artifact": "the artifact's class names", "data": "the data's class names",
+           "index": "class indices (no class names)"}.get(classes["names_from"], "")
+    title = ("Per class" + (" (worst first)" if left else "") + f", named by {how}"
+             + ("" if classes["accuracy"] else "; no accuracy: labels may not match"))
+    table = Table(title=title, title_justify="left")
+    for col in ("class", "images", "accuracy ref", "accuracy target", "top-1 agreement"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in rows:
+        table.add_row(f"{r['index']} {r['name']}" if r["name"] != str(r["index"]) else r["name"],
+                      str(r["images"]), _pct(r["reference_accuracy_pct"]),
+                      _pct(r["target_accuracy_pct"]), _pct(r["top1_agreement_pct"]))
+    console.print(table)
+    if left:
+        console.print(f"  ... {left} more classes (--json has every class)", highlight=False)
 
 
 def render(report: Any, console) -> None:
@@ -173,6 +199,7 @@ def render(report: Any, console) -> None:
                           else "-"]
             layers.add_row(*cells)
         console.print(layers)
+    render_classes(report.classes, console)
 
     checks = Table(title=f"Checks ({report.thresholds['precision']} thresholds"
                    + (f"; overridden: {', '.join(report.thresholds['overridden'])}"

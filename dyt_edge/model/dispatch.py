@@ -44,7 +44,7 @@ from typing import Callable, Optional
 
 import torch
 
-DISPATCH_MODES = ("complete", "mask", "topk", "pack", "capacity")
+from ..config import DEFAULT_DISPATCH, DISPATCH_MODES  # noqa: F401 - re-exported
 
 SubBlock = Callable[[torch.Tensor, Optional[torch.Tensor]], tuple[torch.Tensor, ...]]
 

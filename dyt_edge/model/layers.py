@@ -53,8 +53,11 @@ class TokenSelect(nn.Module):
         return self._logits(x_patch)
 
     def _logits(self, x_patch: torch.Tensor) -> torch.Tensor:
-        w, b = self.mlp_head.weight.float(), self.mlp_head.bias.float()
-        return F.linear(x_patch.float(), w, b).squeeze(-1)
+        # fp32 at least: a float64 model (the rounding reference of export validation) keeps
+        # float64.
+        dtype = torch.promote_types(x_patch.dtype, torch.float32)
+        w, b = self.mlp_head.weight.to(dtype), self.mlp_head.bias.to(dtype)
+        return F.linear(x_patch.to(dtype), w, b).squeeze(-1)
 
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """Patch-token mask: straight-through Gumbel-sigmoid in training, else the published

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import DyTConfig, check_choice
 from ..errors import ConfigError
-from .dispatch import DISPATCH_MODES
+from .dispatch import DEFAULT_DISPATCH, DISPATCH_MODES
 from .layers import DyTBlock, TokenSelect
 
 
@@ -24,7 +24,7 @@ class DyTVisionTransformer(VisionTransformer):
     dispatcher_names``), one column per patch token; bool in eval mode (the decisions), the
     straight-through float masks in training mode.
 
-    How skipping is executed is chosen with :meth:`set_dispatch` (default ``topk``).
+    How skipping is executed is chosen with :meth:`set_dispatch` (default ``pack``).
     """
 
     def __init__(self, config: DyTConfig, *, init_weights: bool = True) -> None:
@@ -60,9 +60,9 @@ class DyTVisionTransformer(VisionTransformer):
         if init_weights:
             for blk in self.dyt_blocks:
                 blk.adaptmlp.reset_parameters()
-        self.dispatch_mode = "topk"
+        self.dispatch_mode = DEFAULT_DISPATCH
         self.capacity: Optional[Union[float, tuple[float, ...]]] = None
-        self.set_dispatch("topk")
+        self.set_dispatch(DEFAULT_DISPATCH)
 
     # -- dispatch ------------------------------------------------------------------------------
     @property
