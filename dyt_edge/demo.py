@@ -177,7 +177,13 @@ def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
         from .train import TrainConfig, train
 
         say(f"train: the digits demo model -> {checkpoint} (about 2 minutes on 2 cores)")
-        result = train(TrainConfig(data="digits", output=str(checkpoint)))
+
+        def on_epoch(event) -> None:
+            if event.kind == "epoch" and (event.epoch % 5 == 0 or event.epoch == 1):
+                say(f"train: epoch {event.epoch}/{event.epochs}, loss {event.loss:.3f}, "
+                    f"activation {event.activation:.2f}, {event.elapsed_s:.0f} s")
+
+        result = train(TrainConfig(data="digits", output=str(checkpoint)), progress=on_epoch)
         trained = True
         say(f"train: {result.summary().get('accuracy', 0):.2%} held-out"
             if isinstance(result.summary().get("accuracy"), float) else "train: done")

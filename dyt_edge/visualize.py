@@ -400,14 +400,17 @@ def _make_dir(t: Path) -> None:
 Runner = Callable[["np.ndarray"], tuple["np.ndarray", Optional["np.ndarray"]]]
 
 
-def _checkpoint_runner(path: Path, overrides: dict[str, Any]) -> tuple[Runner, "DyTConfig"]:
+def _checkpoint_runner(path: Path, overrides: dict[str, Any]
+                       ) -> tuple[Runner, "DyTConfig", Optional[list[str]]]:
+    """(run, config, the class names the checkpoint records)."""
     import numpy as np
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import read_checkpoint
+    from .model import build_model
 
     try:
-        model = load_model(path, **overrides)
+        loaded = read_checkpoint(path, **overrides)
     except CheckpointError as exc:
         if path.suffix.lower() in CHECKPOINT_SUFFIXES:
             raise
@@ -415,13 +418,16 @@ def _checkpoint_runner(path: Path, overrides: dict[str, Any]) -> tuple[Runner, "
                               f"{exc.message}",
                               "pass a checkpoint (.pth, .pt, .safetensors) or an artifact "
                               "directory written by `dyt-edge export`") from None
+    model = build_model(loaded.config, init_weights=False)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    model.float().eval()
 
     def run(x: "np.ndarray"):
         with torch.inference_mode():
             logits, masks = model(torch.from_numpy(x), return_masks=True)
         return logits.float().numpy(), masks.numpy().astype(np.bool_)
 
-    return run, model.config
+    return run, model.config, loaded.class_names
 
 
 def _artifact_runner(art: Artifact, target: str) -> tuple[Runner, Any]:
@@ -533,8 +539,9 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
         static = runtime.static_batch
         dispatch = getattr(runtime, "mode", None) or (manifest.get("dispatch") or {}).get(
             "mode", "?")
+        checkpoint_names = None
     else:
-        run, config = _checkpoint_runner(src.path, dict(overrides or {}))
+        run, config, checkpoint_names = _checkpoint_runner(src.path, dict(overrides or {}))
         pre = config.preprocessing
         pseudo = {"source": {"training": {"data": training.get("data")}},
                   "model": config.to_dict()}
@@ -556,6 +563,17 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
         raise DytEdgeError(f"the masks have shape {list(masks.shape)}, expected "
                            f"{list(expected)}", "re-export the artifact")
     labels = imageset.labels.numpy() if imageset.labels is not None else None
+    # Name classes (and group images) by the model's class names where the artifact or the
+    # checkpoint records them, the data's labels matched to them by name.
+    from .class_names import match_class_names
+
+    model_names = (src.artifact.manifest.get("class_names") if src.kind == "artifact"
+                   else checkpoint_names)
+    match = match_class_names(model_names, imageset.class_names, labels, config.num_classes)
+    notes.extend(match.notes)
+    class_names = match.names or imageset.class_names
+    if match.groups is not None:
+        labels = np.asarray(match.groups)
     shown = choose_shown(len(imageset), images, labels)
     raw = imageset.raw(pre)[shown].clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
     m = Measurement(
@@ -563,7 +581,7 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
         target=target if src.kind == "artifact" else "pytorch", config=config,
         data_name=imageset.name, masks=masks,
         predictions=np.asarray(logits).argmax(axis=-1).astype(np.int64), labels=labels,
-        class_names=imageset.class_names, shown=shown, raw=np.ascontiguousarray(raw),
+        class_names=class_names, shown=shown, raw=np.ascontiguousarray(raw),
         target_rate=_target_rate(training), skipped=imageset.skipped, dispatch=str(dispatch))
     return write_figures(m, out, notes=notes)
 

@@ -372,22 +372,22 @@ def analyze(model: onnx.ModelProto, names: Optional[list[str]] = None) -> GraphR
 
 def deployment_notes(modes: set[str]) -> dict[str, str]:
     """What a graph whose dispatchers run ``modes`` (``pack``, ``topk``, ``capacity``,
-    ``dense``) gets on each target, and why. ``pack`` graphs of the attention variants hold
-    ``topk`` dispatchers too: attention sub-blocks gather per image."""
+    ``dense``) gets on each target, and why."""
     cpu = []
     trt = []
     if "pack" in modes:
-        cpu.append("MLP dispatchers pack the batch's active tokens into one matrix (NonZero / "
-                   "GatherND / ScatterND): a batch costs its mean activation at every batch size")
+        cpu.append("dispatchers pack the batch's active tokens into one matrix (NonZero / "
+                   "GatherND / ScatterND): a batch costs its mean activation at every batch "
+                   "size (an attention sub-block's LayerNorm and projections run on the packed "
+                   "rows, its core padded per image to the busiest image)")
         trt.append("NonZero (TensorRT >= 8.5) gives the batch's active-token count M at run "
                    "time: exact, a batch costs its mean; M is a data-dependent shape (no CUDA "
                    "graphs)")
     if "topk" in modes:
-        what = ("attention dispatchers" if "pack" in modes else "dispatchers")
-        cpu.append(f"{what} gather per image (TopK, K = the batch's busiest image, padding "
+        cpu.append("dispatchers gather per image (TopK, K = the batch's busiest image, padding "
                    "masked): a batch costs its busiest image")
-        trt.append(f"{what}: TopK with a data-dependent K (TensorRT >= 8.6, K < 3840, sorted): "
-                   "exact, a data-dependent shape (no CUDA graphs)")
+        trt.append("TopK with a data-dependent K (TensorRT >= 8.6, K < 3840, sorted): exact, a "
+                   "data-dependent shape (no CUDA graphs); a batch costs its busiest image")
     if "capacity" in modes:
         cpu.append("static K per layer (TopK with a constant K): a fixed cost; tokens beyond "
                    "the capacity are dropped (validate counts them)")

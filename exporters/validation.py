@@ -20,7 +20,7 @@ tolerance, gate decisions exactly) and with the dense ``mask`` mode, the exact r
 counted from the ``masks`` output).
 
 The tolerance is judged by the model's own rounding (:mod:`dyt_edge.rounding`): the PyTorch
-model also runs every case in float64 (dense ``mask`` mode), and the logits may differ from
+model also runs every case in float64 (in the exported mode), and the logits may differ from
 PyTorch fp32 by ``max(atol, 4 x e_ref)``, ``e_ref`` being PyTorch fp32's own largest error
 against float64 on these images. ``atol`` (``--atol``, 1e-4) is the floor. The exported graph's
 own error against float64 is reported beside it. A gate decision may legitimately flip when its
@@ -73,7 +73,7 @@ class CaseResult:
     max_diff_vs_mask: Optional[float] = None
     """Logits vs PyTorch's dense `mask` mode (images within capacity)."""
     max_diff_vs_float64: Optional[float] = None
-    """Logits vs the model in float64 (dense `mask` mode): the exported graph's own error."""
+    """Logits vs the model in float64: the exported graph's own error."""
     reference_error: Optional[float] = None
     """PyTorch fp32 (exported mode) vs float64 on this case: PyTorch's own error."""
     mask_mismatches: int = 0
@@ -256,17 +256,12 @@ class TorchReference:
             mode: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._memoised(images, gate_bias, mode or self.mode, float64=False)
 
-    @property
-    def dense_mode(self) -> str:
-        """The dense mode computing what the exported mode computes: ``complete`` for a
-        ``complete`` export, ``mask`` (every token, multiplied by the mask) otherwise."""
-        return "complete" if self.mode == "complete" else "mask"
-
     def run64(self, images: np.ndarray, gate_bias: Optional[float] = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The model evaluated in float64 in :attr:`dense_mode` (the rounding reference):
-        float64 logits, masks and gate logits."""
-        return self._memoised(images, gate_bias, self.dense_mode, float64=True)
+        """The model evaluated in float64, in the exported dispatch mode (the rounding
+        reference: the same computation without fp32's rounding): float64 logits, masks and
+        gate logits."""
+        return self._memoised(images, gate_bias, self.mode, float64=True)
 
     def rounding(self, cases: list["Case"]) -> RoundingScale:
         """PyTorch fp32's own error against float64 over ``cases`` (every image; gate-logit

@@ -73,16 +73,58 @@ def test_capacity_overflow_is_counted_and_fitting_images_stay_exact(variant):
     assert (out[~fits] - ref[~fits]).abs().max().item() > ATOL  # dropping tokens changes logits
 
 
+@pytest.mark.parametrize("mode", ["topk", "pack"])
 @pytest.mark.parametrize("variant", ["attn", "layer"])
-def test_padding_never_leaks_between_images(variant):
+def test_padding_never_leaks_between_images(variant, mode):
     """Attention among active tokens must not see another image's padding slots."""
     model = controlled_model(variant)
     x = mixed_batch(6, seed=5)
-    model.set_dispatch("topk")
+    model.set_dispatch(mode)
     with torch.no_grad():
         batched = model(x)
         single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
     assert (batched - single).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("variant", ["attn", "attn_mlp", "layer"])
+def test_pack_runs_attention_projections_on_the_packed_tokens_alone(variant):
+    """In pack mode an attention sub-block's qkv and output projections (and the layer
+    variant's MLP) see the batch's active tokens alone, as one [M, C] matrix; in topk mode they
+    see [B, K, C] with K the busiest image's count."""
+    model = controlled_model(variant, depth=1)
+    x = mixed_batch(6, seed=2)
+    _, masks = run(model, "mask", x)
+    active = masks[:, 0].sum(-1) + 1                      # + CLS, per image, first dispatcher
+    blk = model.dyt_blocks[0]
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name:
+                                     shapes.setdefault(name, []).append(tuple(inp[0].shape)))
+             for name, m in (("qkv", blk.attn.qkv), ("proj", blk.attn.proj))]
+    try:
+        run(model, "pack", x)
+        packed = dict(shapes)
+        shapes.clear()
+        run(model, "topk", x)
+    finally:
+        for h in hooks:
+            h.remove()
+    c = model.config.embed_dim
+    assert packed["qkv"] == [(int(active.sum()), c)] and packed["proj"] == [(int(active.sum()), c)]
+    assert shapes["qkv"] == [(6, int(active.max()), c)]
+
+
+def test_pack_index_maps_packed_rows_to_padded_slots_and_back():
+    from dyt_edge.model.dispatch import pack_index
+
+    mask = torch.tensor([[1, 0, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    index = pack_index(mask)
+    assert index.flat_idx.tolist() == [0, 2, 3, 4, 8, 9, 10, 11]
+    assert index.valid.tolist() == [[True, True, True, False], [True, False, False, False],
+                                    [True, True, True, True]]
+    rows = torch.arange(8.0).unsqueeze(1) * 10                  # [M, 1]: row p holds 10 p
+    padded = index.pad(rows)                                    # [B, K, 1]
+    assert padded[index.valid].squeeze(-1).tolist() == [0, 10, 20, 30, 40, 50, 60, 70]
+    assert torch.equal(index.unpad(padded), rows)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

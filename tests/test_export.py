@@ -245,16 +245,14 @@ def test_every_variant_exports_and_matches(request, variant, kind):
            else request.getfixturevalue("variant_exports")[(variant, kind)])
     sess = ort_session(exp.onnx)
     assert_matches_pytorch(lambda x: sess.run(None, {"images": x}), exp.model, "pack")
-    # the default (pack): token-wise MLPs are packed (NonZero), attention sub-blocks, which need
-    # each image's own key set, gather per image (TopK)
+    # the default (pack): every dispatcher packs the batch's active tokens (NonZero); attention
+    # sub-blocks pad only their core per image, with no TopK
     report = exp.manifest["graph_report"]
     assert len(report["dispatchers"]) == exp.model.config.num_dispatchers
     for d in report["dispatchers"]:
-        site = d["name"].rsplit(".", 1)[-1]
-        want = {"NonZero", "GatherND", "ScatterND"} if site == "mlp" else {"TopK", "GatherND",
-                                                                           "ScatterND"}
-        assert want <= {op for op, n in d["ops"].items() if n}, d
-        assert d["mode"] == ("pack" if site == "mlp" else "topk"), d
+        assert {"NonZero", "ScatterND"} <= {op for op, n in d["ops"].items() if n}, d
+        assert d["mode"] == "pack" and not d["ops"].get("TopK"), d
+    assert "TopK" not in ops_of(exp.onnx)
     v = exp.manifest["validation"]
     assert v["passed"]
     counts = v["cases"][1]["active_per_image"]

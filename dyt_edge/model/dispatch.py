@@ -24,8 +24,12 @@ Modes:
               busiest image costs (K is the batch maximum).
 ``pack``      the batch flattened and the active tokens packed with ``nonzero`` into one [M, C]
               tensor (the published code's approach): a batch costs its mean activation, no
-              padding. Token-wise sub-blocks only: attention needs per-image key sets, so
-              attention sub-blocks run as ``topk`` in this mode.
+              padding. Attention needs each image's own key set: an attention sub-block given a
+              packed form (``packed_fn``) runs its token-wise parts (LayerNorm, the qkv and
+              output projections: ~90% of ViT-B's attention FLOPs) on the packed [M, C] rows
+              and only the attention core ``softmax(q k^T) v`` on [B, K, C] padded per image
+              (K = the busiest image's count, padding masked out of the keys), see
+              :func:`pack_index`; without one it runs as ``topk``.
 ``capacity``  like ``topk`` with a static K per layer (exact while the active count fits; beyond
               that the lowest-scoring active tokens are dropped, see :func:`capacity_overflow`).
 
@@ -155,17 +159,83 @@ def packed(fn: SubBlock, x: torch.Tensor, mask_full: torch.Tensor) -> Routed:
     return Routed(tuple(fn(tokens, None)), "packed", flat_idx=flat_idx)
 
 
+@dataclass
+class PackIndex:
+    """Where the packed rows of a batch sit, for sub-blocks that need each image's tokens
+    together (attention): packed ``[M, X]`` <-> padded ``[B, K, X]``.
+
+    Packed row ``p`` is token ``flat_idx[p] % N`` of image ``flat_idx[p] // N`` (image-major,
+    token order within an image, as ``nonzero`` returns them). Image ``b``'s ``counts[b]`` rows
+    start at ``offsets[b]`` and fill its first ``counts[b]`` slots of ``K``.
+    """
+
+    flat_idx: torch.Tensor
+    """[M] rows of the flattened [B * N] stream."""
+    rows: torch.Tensor
+    """[B, K] the packed row of each padded slot (0 for padding slots)."""
+    valid: torch.Tensor
+    """[B, K] bool: the slot holds a token (padding must be masked out of attention keys)."""
+    slot: torch.Tensor
+    """[M] the flat padded slot ``b * K + k`` of each packed row."""
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """[M, X] -> [B, K, X] (padding slots hold a copy of row 0: mask them)."""
+        return packed[self.rows]
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B, K, X] -> [M, X]: the rows of the valid slots, in packed order."""
+        b, k = self.rows.shape
+        return padded.reshape(b * k, *padded.shape[2:])[self.slot]
+
+
+def pack_index(mask_full: torch.Tensor) -> PackIndex:
+    """:class:`PackIndex` of a batch's ``[B, N]`` token mask (CLS always active: every image
+    has at least one row, so M >= B and K >= 1; K is data-dependent, at least 2 as in
+    :func:`topk_select`)."""
+    b, n = mask_full.shape
+    flat_idx = torch.nonzero(mask_full.reshape(-1)).squeeze(-1)              # NonZero [M]
+    counts = mask_full.to(torch.int64).sum(dim=1)                            # [B]
+    k = counts.max().clamp(min=min(2, n)).item()
+    torch._check(k >= min(2, n))
+    torch._check(k <= n)
+    offsets = torch.cumsum(counts, dim=0) - counts                           # [B]
+    image = torch.div(flat_idx, n, rounding_mode="floor")                    # [M]
+    within = torch.arange(flat_idx.shape[0], device=flat_idx.device) - offsets[image]
+    slot = image * k + within                                                # [M]
+    ar = torch.arange(k, device=mask_full.device)
+    valid = ar.unsqueeze(0) < counts.unsqueeze(1)                            # [B, K]
+    rows = torch.where(valid, offsets.unsqueeze(1) + ar.unsqueeze(0),
+                       torch.zeros_like(valid, dtype=torch.int64))
+    return PackIndex(flat_idx=flat_idx, rows=rows, valid=valid, slot=slot)
+
+
+PackedSubBlock = Callable[[torch.Tensor, PackIndex], tuple[torch.Tensor, ...]]
+"""``fn(packed [M, C], index) -> tuple of [M, C]``: an attention sub-block in packed form."""
+
+
+def packed_attention(fn: PackedSubBlock, x: torch.Tensor, mask_full: torch.Tensor) -> Routed:
+    """`pack` mode for attention sub-blocks given in packed form (see the module doc)."""
+    b, n, c = x.shape
+    index = pack_index(mask_full)
+    tokens = x.reshape(b * n, c)[index.flat_idx]                             # GatherND [M, C]
+    return Routed(tuple(fn(tokens, index)), "packed", flat_idx=index.flat_idx)
+
+
 def run_dispatched(fn: SubBlock, x: torch.Tensor, mask_full: Optional[torch.Tensor],
                    scores_full: Optional[torch.Tensor], mode: str, *, attention: bool,
-                   capacity_k: Optional[int] = None) -> Routed:
+                   capacity_k: Optional[int] = None,
+                   packed_fn: Optional[PackedSubBlock] = None) -> Routed:
     """Apply ``fn`` to the active tokens of ``x`` in ``mode``; add its outputs to a residual
-    stream with :meth:`Routed.add_to`."""
+    stream with :meth:`Routed.add_to`. ``packed_fn`` is an attention sub-block's packed form
+    (used in ``pack`` mode)."""
     if mode == "complete":
         return Routed(tuple(fn(x, None)), "dense")
     if mask_full is None or scores_full is None:
         raise ValueError(f"dispatch mode {mode!r} needs the gate's mask and scores")
     if mode == "mask":
         return dense_masked(fn, x, mask_full, attention)
+    if mode == "pack" and attention and packed_fn is not None:
+        return packed_attention(packed_fn, x, mask_full)
     if mode == "topk" or (mode == "pack" and attention):
         return gathered(fn, x, mask_full, scores_full, attention)
     if mode == "pack":

@@ -223,6 +223,40 @@ class DyTBlock(nn.Module):
     def _attn_fn(self, t, key_valid):
         return (self._attn(t, key_valid),)
 
+    # -- packed forms (``pack`` mode): token-wise parts on [M, C], the core padded per image --
+    def _attention_core(self, qkv: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(d)) v`` for ``qkv`` [B, K, 3A] among each image's valid keys
+        -> [B, K, A], as timm's ``Attention.forward`` computes between its ``qkv`` and ``proj``
+        (timm 1.0.x: heads split, q/k norms, fused or explicit attention, the output norm)."""
+        attn = self.attn
+        b, k, _ = qkv.shape
+        qkv = qkv.reshape(b, k, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, key, v = qkv.unbind(0)
+        q, key = attn.q_norm(q), attn.k_norm(key)
+        neg = torch.finfo(q.dtype).min
+        bias = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill(~key_valid, neg)[:, None, None, :]
+        if attn.fused_attn:
+            out = F.scaled_dot_product_attention(q, key, v, attn_mask=bias)
+        else:
+            weights = (q * attn.scale) @ key.transpose(-2, -1) + bias
+            out = weights.softmax(dim=-1) @ v
+        return attn.norm(out.transpose(1, 2).reshape(b, k, attn.attn_dim))
+
+    def _attention_packed(self, t: torch.Tensor, index) -> torch.Tensor:
+        """Attention of the packed tokens ``t`` [M, C] among their own image's tokens:
+        LayerNorm and the qkv / output projections on the M rows, the core padded."""
+        qkv = self.attn.qkv(self.norm1(t))                                  # [M, 3A]
+        core = self._attention_core(index.pad(qkv), index.valid)            # [B, K, A]
+        return self.attn.proj_drop(self.attn.proj(index.unpad(core)))      # [M, C]
+
+    def _attn_packed(self, t, index):
+        return (self._attention_packed(t, index),)
+
+    def _layer_packed(self, t, index):
+        a = self._attention_packed(t, index)
+        return a, self.mlp(self.norm2(t + a))
+
     def _mlp_fn(self, t, key_valid):
         return (self.mlp(self.norm2(t)),)
 
@@ -239,15 +273,17 @@ class DyTBlock(nn.Module):
         patch_mask = select.decide(logits)
         return patch_mask, full_mask(patch_mask), full_scores(logits)
 
-    def _run(self, fn, x, select: TokenSelect, attention: bool, want_mask: bool):
-        """Gate and dispatch ``fn`` on ``x``: (:class:`~.dispatch.Routed`, patch mask)."""
+    def _run(self, fn, x, select: TokenSelect, attention: bool, want_mask: bool,
+             packed_fn=None):
+        """Gate and dispatch ``fn`` on ``x`` (``packed_fn``: its packed form, for ``pack``
+        mode): (:class:`~.dispatch.Routed`, patch mask)."""
         mode = self.dispatch_mode
         if self.training and mode != "complete":
             mode = "mask"  # straight-through masks need the dense path
         need = mode != "complete" or want_mask
         patch_mask, mfull, scores = self._gate(select, x, need)
         routed = run_dispatched(fn, x, mfull, scores, mode, attention=attention,
-                                capacity_k=self.capacity_k)
+                                capacity_k=self.capacity_k, packed_fn=packed_fn)
         return routed, patch_mask
 
     def forward(self, x: torch.Tensor, want_mask: bool = False):
@@ -258,13 +294,15 @@ class DyTBlock(nn.Module):
         """
         masks = []
         if self.variant == "layer":
-            routed, m = self._run(self._layer_fn, x, self.layer_token_select, True, want_mask)
+            routed, m = self._run(self._layer_fn, x, self.layer_token_select, True, want_mask,
+                                  self._layer_packed)
             masks.append(m)
             x = routed.add_to(x, 0)                       # x + attn
             x = _mlp_residual(routed, x, self.adaptmlp(x), 1)
         else:
             if self.variant in ("attn", "attn_mlp"):
-                routed, m = self._run(self._attn_fn, x, self.attn_token_select, True, want_mask)
+                routed, m = self._run(self._attn_fn, x, self.attn_token_select, True, want_mask,
+                                      self._attn_packed)
                 masks.append(m)
                 x = routed.add_to(x)
             else:
