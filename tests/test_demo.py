@@ -94,7 +94,7 @@ def test_rows_render_with_every_column(capsys):
     render(DemoResult("c", False, "e", rows, 1.0, {"train": 0.5}), console)
     text = console.export_text()
     for word in ("target", "precision", "status", "size MB", "accuracy", "delta vs PyTorch",
-                 "ms/img", "img/s", "speedup vs complete", "-0.30 pt", "1.20x", "FAILED",
+                 "ms/img", "img/s", "speedup b1 / batched", "-0.30 pt", "1.20x", "FAILED",
                  "ViT-B/16 (synthetic)", "1.41x / 1.45x", "measured"):
         assert word in text, word
 

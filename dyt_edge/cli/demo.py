@@ -44,7 +44,7 @@ def demo(
         from dyt_edge.validate import check_json_path
 
         json_path = check_json_path(json_path)
-    out, err = Console(width=max(Console().width, 112)), Console(stderr=True)
+    out, err = Console(width=max(Console().width, 140)), Console(stderr=True)
     result = run_demo(retrain=retrain, duration=duration, realistic=vitb,
                       say=lambda m: err.print(m, highlight=False))
     render(result, out)
@@ -73,7 +73,7 @@ def render(result: Any, console: Any) -> None:
     for col, justify in (("model", "left"), ("target", "left"), ("precision", "left"),
                          ("status", "left"), ("size MB", "right"), ("accuracy", "right"),
                          ("delta vs PyTorch", "right"), ("ms/img", "right"),
-                         ("img/s", "right"), ("speedup vs complete", "right")):
+                         ("img/s", "right"), ("speedup b1 / batched", "right")):
         table.add_column(col, justify=justify, no_wrap=col in ("model", "target", "status"))
     for r in result.rows:
         style = {"passed": "green", "failed": "red", "measured": "green"}.get(r.status, "yellow")
