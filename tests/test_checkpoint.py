@@ -53,7 +53,7 @@ def assert_same_logits(reference: torch.nn.Module, loaded: torch.nn.Module) -> N
     assert not loaded.training and loaded.dispatch_mode == "pack"
     x = images()
     with torch.no_grad():
-        ref, ref_masks = reference.eval().set_dispatch("topk")(x, return_masks=True)
+        ref, ref_masks = reference.eval().set_dispatch("pack")(x, return_masks=True)
         out, masks = loaded(x, return_masks=True)
     # The gates must really be mixed, or dispatch would not be exercised.
     assert 0.0 < ref_masks.float().mean().item() < 1.0
