@@ -1,9 +1,9 @@
 """ONNX graphs with explicit precisions for TensorRT's strongly typed networks (issue #5).
 
 TensorRT 10 and 11 share one build path: a *strongly typed* network parsed from an ONNX whose
-every tensor already has the precision it should run at (TARGETS.md: TensorRT 11 removed the
-FP16 / INT8 builder flags and the implicit INT8 calibrator). This module produces those graphs
-on the CPU, from the fp32 export, and checks them:
+every tensor already has the precision it should run at (TensorRT 11 removed the FP16 / INT8
+builder flags and the implicit INT8 calibrator, per its release notes). This module produces
+those graphs on the CPU, from the fp32 export, and checks them:
 
 :func:`to_fp16`
     The graph in FP16, except what must stay fp32: the dispatch path (each gate's MatMul /
@@ -31,7 +31,8 @@ fork of it, ``onnxruntime.transformers.float16``). Given the dispatch nodes as a
 both cast every blocked node's float inputs to fp32 and its float outputs back to fp16, one node
 at a time: a chain of blocked nodes such as the gate (Gemm -> Reshape -> Sigmoid -> Greater)
 then round-trips its logits through fp16 between every op (measured on the tiny export), which is
-the very loss DYT-SPEC forbids (tiny positive logits round to 0.5 and are skipped), and they
+the very loss the gate must never suffer (in fp16, ``sigmoid(logit) > 0.5`` rounds tiny positive
+logits to exactly 0.5 and skips their tokens; in fp32 it equals ``logit > 0``), and they
 append their Casts at the end of the node list, which is not topologically sorted (the ONNX
 checker refuses it; TensorRT's parser reads nodes in order). Here precision is decided per
 node (an fp32 region and an fp16 region) and a Cast is inserted only where a tensor crosses

@@ -1,6 +1,7 @@
 """Fine-tune a DyT model with the paper's recipe.
 
-One step (the published training code's loss, see ``DYT-SPEC.md``)::
+One step (the loss of the published DyT training code, as the README's Training section
+describes it)::
 
     logits_d, masks = model(x, return_masks=True)   # straight-through Gumbel-sigmoid, tau 5
     with model.dispatching("complete"):

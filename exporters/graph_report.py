@@ -8,8 +8,9 @@ fed by the gate's scores, or the NonZero fed by its mask, then every GatherND / 
 Gather whose *indices* derive from them).
 
 :func:`analyze` adds the op census, the fp32 check of every gate path and a TensorRT
-compatibility check (facts from the TensorRT ONNX parser's documentation, see
-``/work/shared/TARGETS.md``), and returns a :class:`GraphReport` that is stored in the manifest
+compatibility check (facts from the TensorRT ONNX parser's operator documentation, TensorRT
+10.0-10.15 and 11.x, restated at :data:`TENSORRT_OPSETS`), and returns a :class:`GraphReport`
+that is stored in the manifest
 and rendered by :func:`render`.
 """
 
@@ -39,7 +40,9 @@ _INDEX_CONSUMERS = {"GatherND", "ScatterND", "Gather", "GatherElements", "Scatte
 DISPATCH_OPS = ("TopK", "GatherND", "ScatterND", "NonZero", "Gather", "GatherElements",
                 "ScatterElements")
 
-# TensorRT facts (TARGETS.md; onnx-tensorrt docs/operators.md).
+# TensorRT facts (onnx-tensorrt's docs/operators.md for TensorRT 10.x / 11.x): TensorRT 10.0 /
+# 10.1 parse opsets 9-20, 10.15+ and 11.x up to 24; TopK needs K < 3840 and sorted=1; ScatterND
+# parses with reduction=none only; NonZero as a network output needs an output allocator.
 TENSORRT_OPSETS = (("TensorRT 10.0 / 10.1", 9, 20), ("TensorRT 10.15+ / 11.x", 9, 24))
 TENSORRT_TOPK_MAX_K = 3840  # K must be < 3840
 TENSORRT_UNSUPPORTED_OPS = frozenset({

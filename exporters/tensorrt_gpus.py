@@ -4,7 +4,8 @@ Torch-free and TensorRT-free: everything here is plain Python (TensorRT is impor
 :func:`find_tensorrt`, to read its version, and a failed import is reported, not raised), so the
 guards are tested on machines without a GPU.
 
-Facts (``/work/shared/TARGETS.md``, TensorRT release notes and support matrices):
+Facts (from the TensorRT 10.x / 11.x release notes and support matrices, as of TensorRT 10.15 and
+11.x; the README's TensorRT section says the same):
 
 * TensorRT 10.0 deprecated Volta (sm_70) and **10.5 removed it**: the last TensorRT that builds
   for a V100 is 10.4, as ``tensorrt-cu12`` (CUDA 13 dropped sm_70, so ``tensorrt-cu13`` never

@@ -2,7 +2,8 @@
 metadata checks, the build's TensorRT call wiring (a fake ``tensorrt``), and real-engine tests
 that only run where CUDA and TensorRT are present.
 
-No GPU and no TensorRT exist on the development machines or in CI (TARGETS.md): everything
+No GPU and no TensorRT exist on the development machines or in CI (the TensorRT wheels on PyPI
+fetch NVIDIA's libraries at install time, which these machines cannot reach): everything
 that needs neither is tested here with the real logic; the tests marked ``tensorrt`` skip with
 the reason elsewhere.
 """
