@@ -114,6 +114,18 @@ def default_output_dir(checkpoint: PathLike, root: PathLike = DEFAULT_ROOT) -> P
     return Path(root) / Path(checkpoint).stem
 
 
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the one copy: checkpoints, artifacts'
+    files, builds and baselines are all fingerprinted with it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -594,7 +606,7 @@ def staged_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
                 continue
             want = info.get("sha256")
             with contextlib.suppress(OSError):
-                if not want or _file_sha256(old) == want:  # never delete what someone changed
+                if not want or file_sha256(old) == want:  # never delete what someone changed
                     old.unlink()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -631,16 +643,6 @@ def _commit_files(d: Path, staging: Path, written: list[str]) -> None:
     for _, away in retired:
         with contextlib.suppress(OSError):
             away.unlink()
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cleanup_file_leftovers(d: Path, stem: str) -> None:

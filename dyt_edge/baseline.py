@@ -26,11 +26,10 @@ searches (:func:`dyt_edge.artifacts.find_artifacts`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .artifacts import Artifact, ArtifactError, load_artifact, write_manifest
+from .artifacts import Artifact, ArtifactError, file_sha256, load_artifact, write_manifest
 from .errors import DytEdgeError
 
 BASELINE_DIR = "baseline"
@@ -114,7 +113,7 @@ def _checkpoint(parent: Artifact) -> Path:
     if not p.is_file():
         raise BaselineError(f"the complete baseline is exported from the checkpoint {p}, which "
                             "is missing", f"put it back at that path, or {NO_BASELINE_HINT}")
-    got = _sha256(p)
+    got = file_sha256(p)
     if want and got != want:
         raise BaselineError(f"the checkpoint {p} changed since {parent.path} was exported "
                             f"(sha256 {got[:12]}..., the manifest records {str(want)[:12]}...)",
@@ -303,9 +302,3 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -29,7 +29,6 @@ builders, never here.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import os
 import time
@@ -40,7 +39,7 @@ from typing import Any, Callable, ClassVar, Optional, Union
 
 from . import artifacts
 from ._version import __version__
-from .artifacts import Artifact, ArtifactError
+from .artifacts import Artifact, ArtifactError, file_sha256
 from .errors import DytEdgeError, UsageError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -322,7 +321,7 @@ class OpenVinoBuilder(Builder):
         exported_f32 = not (ctx.manifest.get("openvino") or {}).get("compress_to_fp16", False)
         if info and exported_f32:
             xml = ctx.source.path / info["path"]
-            if xml.is_file() and (not info.get("sha256") or _sha256(xml) == info["sha256"]):
+            if xml.is_file() and (not info.get("sha256") or file_sha256(xml) == info["sha256"]):
                 return core.read_model(str(xml)), f"export {info['path']}"
         return core.read_model(str(self._convert(ctx, tmp))), f"converted from {ctx.onnx_path.name}"
 
@@ -541,7 +540,7 @@ def _start(artifact: Union[Artifact, PathLike, None], opts: BuildOptions, progre
     onnx_path = art.file("onnx")
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} is missing from the export", "re-export the model")
-    sha = _sha256(onnx_path)
+    sha = file_sha256(onnx_path)
     want = ((art.manifest.get("files") or {}).get("onnx") or {}).get("sha256")
     if want and sha != want:
         raise ArtifactError(f"{onnx_path} changed since it was exported (sha256 {sha[:12]}..., "
@@ -620,7 +619,7 @@ def _manifest(art: Artifact, opts: BuildOptions, out: BuildOutput, staging: Path
     files = {}
     for kind, name in out.files.items():
         p = staging / name
-        files[kind] = {"path": name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files[kind] = {"path": name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
     created = artifacts.utc_now()
     parent = os.path.relpath(art.path.resolve(), target_dir.resolve())
     build = {"target": opts.target, "precision": opts.precision, "parent": parent,
@@ -634,9 +633,3 @@ def _manifest(art: Artifact, opts: BuildOptions, out: BuildOutput, staging: Path
     return m
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

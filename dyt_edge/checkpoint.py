@@ -28,7 +28,6 @@ the architecture, a missing adapter scale) is a :class:`~dyt_edge.errors.Checkpo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import torch
 
 from . import safe_pickle
 from ._version import __version__
+from .artifacts import file_sha256
 from .config import (ADAPTER_KINDS, ADAPTER_LAYERNORM, DEFAULT_DISPATCH, VARIANTS, DyTConfig,
                      Preprocessing, check_choice, closest, standard_heads, standard_heads_hint)
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
@@ -106,15 +106,6 @@ class LoadedCheckpoint:
 
 
 # -- public API ---------------------------------------------------------------------------------
-
-def file_sha256(path: PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def read_checkpoint(path: PathLike, *,
                     class_names: Optional[Union[PathLike, list[str], tuple[str, ...]]] = None,

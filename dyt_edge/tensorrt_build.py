@@ -239,16 +239,16 @@ class TensorRTBuilder(Builder):
                 atomic_write_bytes(cache_path, built.timing_cache)
             cache_record = {"path": str(cache_path), "loaded_bytes": len(cache_in or b""),
                             "saved_bytes": len(built.timing_cache or b"")}
-        from .build import _sha256
+        from .artifacts import file_sha256
 
         meta = tplan.engine_metadata(
             trt=plan.tensorrt, gpu=plan.detected, profile=plan.gpu, precision=plan.precision,
             batch=plan.batch, input_name=plan.input_name, chw=plan.chw,
             dispatch=plan.dispatch,
             source_model={"file": ctx.onnx_path.name, "sha256": ctx.onnx_sha256},
-            onnx={"file": tplan.ONNX_FILE, "sha256": _sha256(onnx_out)},
+            onnx={"file": tplan.ONNX_FILE, "sha256": file_sha256(onnx_out)},
             engine={"file": tplan.ENGINE_FILE, "bytes": len(built.engine),
-                    "sha256": _sha256(engine_path)},
+                    "sha256": file_sha256(engine_path)},
             workspace_gib=plan.workspace_gib, io=built.io, dyt_edge_version=__version__,
             timing_cache=str(cache_path) if cache_path else None)
         import json

@@ -447,7 +447,7 @@ def _manifest(cfg, opts, fmt, source, report, validation, ov_validation, sim, fi
     file_info = {}
     for kind, path in files.items():
         p = staging / path.name
-        file_info[kind] = {"path": path.name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        file_info[kind] = {"path": path.name, "bytes": p.stat().st_size, "sha256": artifacts.file_sha256(p)}
     slots = None
     if opts.dispatch == "capacity":
         slots = [cfg.capacity_slots(opts.capacity)] * cfg.num_dispatchers
@@ -477,13 +477,3 @@ def _manifest(cfg, opts, fmt, source, report, validation, ov_validation, sim, fi
         timings=dict(timings),
         notes=list(notes),
     )
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

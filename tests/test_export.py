@@ -513,12 +513,6 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.parametrize("name", ["model.onnx", "resnet.onnx"])
 def test_o_names_the_model_file_in_a_directory_of_other_files(capsys, tmp_path, name):
     model = randomize_dyt(build_model(tiny_config(depth=1)), seed=1)
@@ -531,7 +525,7 @@ def test_o_names_the_model_file_in_a_directory_of_other_files(capsys, tmp_path, 
     assert files_in(out) == sorted(["notes.txt", name, artifacts.MANIFEST_NAME])
     assert (out / "notes.txt").read_text() == "mine"
     m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
-    assert m["files"]["onnx"]["path"] == name and m["files"]["onnx"]["sha256"] == sha(out / name)
+    assert m["files"]["onnx"]["path"] == name and m["files"]["onnx"]["sha256"] == artifacts.file_sha256(out / name)
     assert m["output"] == {"mode": "file", "name": name}
     art = artifacts.load_artifact(out / name)
     assert art.path == out and art.file() == out / name
@@ -585,14 +579,14 @@ def test_openvino_file_name_then_reexport_as_onnx(capsys, tmp_path, monkeypatch)
     build_artifact(out, "openvino", precision="fp32")
 
     # Re-exported as ONNX under the same name: the old IR files go, nothing else does.
-    before = sha(out / "net.onnx")
+    before = artifacts.file_sha256(out / "net.onnx")
     code, _, err = cli(capsys, "export", ckpt, "-o", out / "net.onnx", "--no-validate",
                        "--dispatch", "complete")
     assert code == 0, err
     assert files_in(out) == sorted(["config.yaml", "net.onnx", "openvino-fp32",
                                     artifacts.MANIFEST_NAME])
     m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
-    assert set(m["files"]) == {"onnx"} and sha(out / "net.onnx") != before
+    assert set(m["files"]) == {"onnx"} and artifacts.file_sha256(out / "net.onnx") != before
     assert any("replaced the dyt-edge artifact" in n and "net.bin, net.xml" in n
                for n in m["notes"])
     assert (out / "config.yaml").read_text() == "user: file\n"
@@ -643,7 +637,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
                        "--no-simplify")
     assert code == 0, err
     (d / "keep.txt").write_text("mine")
-    before = {n: sha(d / n) for n in files_in(d)}
+    before = {n: artifacts.file_sha256(d / n) for n in files_in(d)}
     mode = artifacts.load_artifact(d).manifest["dispatch"]["mode"]
     assert mode != "complete"
 
@@ -655,7 +649,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
         code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
                            "--no-simplify", "--dispatch", "complete")
     assert_one_line_error(code, err, "No space left on device")
-    assert {n: sha(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+    assert {n: artifacts.file_sha256(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
 
     # A rename failing half-way through the swap puts the old files back.
     real_replace = artifacts.os.replace
@@ -670,7 +664,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
         code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
                            "--no-simplify", "--dispatch", "complete")
     assert_one_line_error(code, err, "Input/output error")
-    assert {n: sha(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+    assert {n: artifacts.file_sha256(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
     assert artifacts.load_artifact(d).manifest["dispatch"]["mode"] == mode
 
 
