@@ -24,20 +24,16 @@ take file names from here (:meth:`Artifact.file`), never assume ``model.onnx``),
 int), ``preprocessing`` (:meth:`Preprocessing.to_dict`, read through :func:`preprocessing_of`),
 ``inputs`` / ``outputs`` (name, shape, dtype), ``validation``, ``graph_report``.
 
-Two ways to write one (:func:`output_target` tells which ``-o`` asks for):
+Two ways to write one (:func:`dyt_edge.output_files.output_target` tells which ``-o`` asks
+for):
 
 * ``-o DIR`` (or the default directory): the directory is the artifact and is replaced as a
   whole: it is built beside its final place and swapped in (:func:`staged_directory`), so a
   reader sees the old artifact or the new one, never a mix, and a failed export leaves nothing
   behind.
-* ``-o DIR/NAME.onnx`` (``NAME.xml`` for OpenVINO): the artifact's files are written into DIR,
-  which may hold other files that are not ours (:func:`staged_files`). Nothing else in DIR is
-  touched: the new files are built in a hidden staging directory inside DIR and renamed into
-  place one by one, the manifest last; an existing file of that name is replaced only when it
-  belongs to the dyt-edge artifact already there, and that artifact must have the same model
-  name (one artifact per directory, so a different name is refused). Files of the previous
-  artifact that the new one does not have are removed after the new manifest is in place.
-  Such a directory is never replaced as a whole afterwards (``-o DIR`` is refused).
+* ``-o DIR/NAME.onnx`` (``NAME.xml`` for OpenVINO): only the artifact's own files are written
+  into DIR, which may hold other files that are not ours (:mod:`dyt_edge.output_files`); such a
+  directory is never replaced as a whole afterwards (``-o DIR`` is refused).
 """
 
 from __future__ import annotations
@@ -67,8 +63,8 @@ DEFAULT_ROOT = "dyt-edge-out"
 KINDS = ("onnx", "openvino", "tensorrt")
 """Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin,
 ``tensorrt_metadata`` the engine's ``engine.json``)."""
-_STAGING_PREFIX = ".dyt-edge-staging-"
-_RETIRED_PREFIX = ".dyt-edge-retired-"
+STAGING_PREFIX = ".dyt-edge-staging-"
+RETIRED_PREFIX = ".dyt-edge-retired-"
 
 
 class ArtifactError(DytEdgeError):
@@ -209,7 +205,7 @@ def find_artifacts(root: PathLike = DEFAULT_ROOT, kind: Optional[str] = None) ->
         return found
     candidates = [base, *base.glob("*"), *base.glob("*/*")]
     for d in candidates:
-        if not d.is_dir() or d.name.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)):
+        if not d.is_dir() or d.name.startswith((STAGING_PREFIX, RETIRED_PREFIX)):
             continue
         if not (d / MANIFEST_NAME).is_file():
             continue
@@ -323,14 +319,7 @@ def check_output_dir(target: PathLike, model_name: Optional[str] = None) -> Path
                                 + (f", or -o {t / model_name} to write the model beside its "
                                    "files" if model_name else ""))
         _refuse_shared_directory(t)
-    probe = t
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ArtifactError(f"cannot create {t}: {probe} is a file",
-                            "pass -o with a directory path")
+    probe = existing_ancestor(t, "pass -o with a directory path")
     parent = probe if probe != t else t.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ArtifactError(f"output path {t} is not writable ({parent} denies writing)",
@@ -351,22 +340,16 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
     """
     t = Path(target)
     check_output_dir(t)
-    created: list[Path] = []
-    p = t.parent
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    for d in reversed(created):
-        d.mkdir()
+    created = create_missing_dirs(t.parent)
     _cleanup_leftovers(t)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{t.name}-", dir=t.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{t.name}-", dir=t.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
         yield staging
         retired = None
         if t.exists():
             check_output_dir(t)  # still ours? (it may have changed during a long export)
-            retired = t.parent / f"{_RETIRED_PREFIX}{t.name}-{uuid.uuid4().hex[:8]}"
+            retired = t.parent / f"{RETIRED_PREFIX}{t.name}-{uuid.uuid4().hex[:8]}"
             os.rename(t, retired)
         try:
             os.rename(staging, t)
@@ -378,123 +361,8 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
             shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for d in created:  # innermost first; only if still empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        remove_created_dirs(created)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _cleanup_leftovers(target: Path) -> None:
-    """Remove staging / retired siblings a killed export left behind (not a running one's:
-    only those older than an hour)."""
-    import time
-
-    for prefix in (_STAGING_PREFIX, _RETIRED_PREFIX):
-        for d in target.parent.glob(f"{prefix}{target.name}-*"):
-            with contextlib.suppress(OSError):
-                if time.time() - d.stat().st_mtime > 3600:
-                    shutil.rmtree(d, ignore_errors=True)
-
-
-# -- -o as a model file name --------------------------------------------------------------------
-
-MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".bin", ".json", ".engine", ".plan")
-"""Suffixes that make ``-o`` a file name rather than a directory (unless it is an existing
-directory)."""
-
-
-@dataclass(frozen=True)
-class OutputTarget:
-    """Where an export goes: ``directory``, replaced as a whole when ``model_name`` is None
-    (``-o DIR``), otherwise the artifact's files written into it beside whatever else it holds,
-    the model named ``model_name`` (``-o DIR/NAME.onnx``)."""
-
-    directory: Path
-    model_name: Optional[str] = None
-
-    @property
-    def is_file(self) -> bool:
-        return self.model_name is not None
-
-    @property
-    def stem(self) -> str:
-        """The name every file of the artifact shares (``model`` for a directory target)."""
-        return Path(self.model_name).stem if self.model_name else "model"
-
-    def file_names(self, defaults: "list[tuple[str, str]] | tuple[tuple[str, str], ...]"
-                   ) -> dict[str, str]:
-        """kind -> file name, from (kind, default name) pairs whose first is the model: the
-        model gets the -o name, the others its stem and their own suffix (``net.xml`` ->
-        ``net.bin``, ``net.onnx``)."""
-        names = {}
-        for i, (kind, default) in enumerate(defaults):
-            if i == 0 and self.model_name:
-                names[kind] = self.model_name
-            else:
-                names[kind] = self.stem + Path(default).suffix
-        return names
-
-    def record(self) -> dict[str, Any]:
-        """The manifest's ``output`` section."""
-        if self.model_name is None:
-            return {"mode": "directory"}
-        return {"mode": "file", "name": self.model_name}
-
-
-def output_target(output: PathLike, model_suffix: str,
-                  refuse: Optional[Mapping[str, tuple[str, str]]] = None) -> OutputTarget:
-    """What ``-o`` asks for: a directory, or (a path ending in one of
-    :data:`MODEL_FILE_SUFFIXES`, not an existing directory) a model file named inside one.
-
-    ``model_suffix`` is the suffix the format writes (``.onnx``); any other model-file suffix is
-    refused, with ``refuse[suffix]`` = (why, fix) when given.
-    """
-    p = Path(output)
-    suffix = p.suffix.lower()
-    if p.is_dir() or suffix not in MODEL_FILE_SUFFIXES:
-        return OutputTarget(p)
-    if suffix != model_suffix.lower():
-        why, fix = (refuse or {}).get(
-            suffix, (f"this export writes a {model_suffix} model",
-                     f"pass -o {p.with_suffix(model_suffix)}, or a directory"))
-        from .errors import UsageError
-
-        raise UsageError(f"-o {p}: {why}", fix)
-    return OutputTarget(p.parent if str(p.parent) else Path("."), p.name)
-
-
-def _previous_manifest(directory: Path) -> Optional[dict[str, Any]]:
-    """The manifest of the artifact already in ``directory`` (None when there is none);
-    refuses one that cannot be read (it is not ours to overwrite)."""
-    path = directory / MANIFEST_NAME
-    if not path.exists() and not path.is_symlink():
-        return None
-    try:
-        manifest = read_manifest(directory)
-    except ArtifactError as exc:
-        raise ArtifactError(f"{path} is not a readable dyt-edge manifest ({exc.message}); "
-                            "refusing to overwrite it",
-                            "move it away, or pass -o in another directory") from None
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(
-            isinstance(i, dict) and isinstance(i.get("path"), str) for i in files.values()):
-        raise ArtifactError(f"{path} lists no readable files; refusing to overwrite it",
-                            "move it away, or pass -o in another directory")
-    return manifest
-
-
-def _listed(manifest: Optional[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """file name -> its ``files`` entry, for the artifact's plain files (not subdirectories)."""
-    if not manifest:
-        return {}
-    return {info["path"]: info for info in manifest.get("files", {}).values()
-            if "/" not in info["path"] and "\\" not in info["path"]}
 
 
 def _refuse_shared_directory(t: Path) -> None:
@@ -513,148 +381,53 @@ def _refuse_shared_directory(t: Path) -> None:
             f"pass -o {t / name} to replace only the artifact's own files")
 
 
-def check_output_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
-                       stem: str) -> list[str]:
-    """Refuse writing the files ``names`` into ``directory`` when that could destroy something
-    not ours; return notes on what an existing artifact there loses.
-
-    Refused: a path through a file, a directory that is not writable, a file of one of those
-    names that is not listed by the directory's dyt-edge manifest (the user's own), a manifest
-    that cannot be read, and an artifact there whose model has another name than ``stem``
-    (a directory holds one artifact).
-    """
-    d = Path(directory)
-    if d.exists() and not d.is_dir():
-        raise ArtifactError(f"cannot write into {d}: it is a file, not a directory",
-                            "pass -o DIR/NAME.onnx with DIR a directory")
-    probe = d
+def existing_ancestor(path: PathLike, hint: str) -> Path:
+    """``path`` itself or its nearest existing ancestor; an :class:`ArtifactError` (with
+    ``hint``) when that is a file, so no directory can be created there."""
+    t = probe = Path(path)
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ArtifactError(f"cannot create {d}: {probe} is a file",
-                            "pass -o with a path inside a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArtifactError(f"output path {d} is not writable ({probe} denies writing)",
-                            "pass -o with a directory you can write to")
-    previous = _previous_manifest(d) if d.is_dir() else None
-    listed = _listed(previous)
-    for name in names:
-        p = d / name
-        if p.is_symlink() or (p.exists() and not p.is_file()):
-            raise ArtifactError(f"{p} exists and is not a regular file; refusing to replace it",
-                                "move it away, or pass -o with another file name")
-        if p.exists() and name not in listed:
-            raise ArtifactError(f"{p} already exists and is not part of a dyt-edge artifact; "
-                                "refusing to overwrite it",
-                                "move it away, or pass -o with another file name or a new "
-                                "directory")
-    notes: list[str] = []
-    if previous is not None:
-        models = [info["path"] for kind, info in previous.get("files", {}).items()
-                  if kind in KINDS]
-        others = sorted({Path(m).stem for m in models} - {stem})
-        if others:
-            model = next(m for m in models if Path(m).stem == others[0])
-            raise ArtifactError(
-                f"{d} already holds a dyt-edge artifact ({model}); a directory holds one "
-                "artifact", f"pass -o {d / model} to replace it, or another directory")
-        gone = sorted(set(listed) - set(names))
-        notes.append(f"replaced the dyt-edge artifact that was in {d}"
-                     + (f" (its {', '.join(gone)} removed)" if gone else ""))
-    return notes
+        raise ArtifactError(f"cannot create {t}: {probe} is a file", hint)
+    return probe
 
 
-@contextlib.contextmanager
-def staged_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
-                 stem: str) -> Iterator[Path]:
-    """Write an artifact's files into ``directory`` without touching anything else in it.
-
-    Yields an empty staging directory (hidden, inside ``directory``) to write the model files
-    and the manifest into. When the block exits normally, :func:`check_output_files` runs again
-    (the directory may have changed during a long export), then every staged file is renamed
-    into place, an existing file of that name first renamed away (hidden), the manifest last;
-    then the renamed-away files and the previous artifact's files that the new one does not
-    have are deleted. When the block raises, or a rename fails, the staging directory and any
-    directories created for it are deleted and the files renamed away are put back: the
-    previous artifact stays as it was.
-    """
-    d = Path(directory)
-    check_output_files(d, names, stem)
+def create_missing_dirs(directory: PathLike) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created, innermost first
+    (for :func:`remove_created_dirs`)."""
     created: list[Path] = []
-    p = d
+    p = Path(directory)
     while not p.exists():
         created.append(p)
         p = p.parent
-    for c in reversed(created):
-        c.mkdir()
-    _cleanup_file_leftovers(d, stem)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{stem}-", dir=d))
-    try:
-        yield staging
-        if not (staging / MANIFEST_NAME).is_file():
-            raise ArtifactError(f"internal error: no {MANIFEST_NAME} was staged",
-                                "re-run with --debug and report it")
-        written = sorted(q.name for q in staging.iterdir() if q.name != MANIFEST_NAME)
-        check_output_files(d, written, stem)
-        previous = _listed(_previous_manifest(d))
-        _commit_files(d, staging, written)
-        for name, info in previous.items():  # the old artifact's files the new one lacks
-            old = d / name
-            if name in written or not old.is_file() or old.is_symlink():
-                continue
-            want = info.get("sha256")
-            with contextlib.suppress(OSError):
-                if not want or file_sha256(old) == want:  # never delete what someone changed
-                    old.unlink()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for c in created:  # innermost first; only if still empty
-            with contextlib.suppress(OSError):
-                c.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+    for d in reversed(created):
+        d.mkdir()
+    return created
 
 
-def _commit_files(d: Path, staging: Path, written: list[str]) -> None:
-    """Rename the staged files into ``d``, the manifest last (one atomic replace: readers see
-    the old manifest or the new one); undo everything on failure."""
-    retired: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    try:
-        for name in written:
-            final = d / name
-            if final.exists():
-                away = d / f"{_RETIRED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, away)
-                retired.append((final, away))
-            os.rename(staging / name, final)
-            placed.append(final)
-        os.replace(staging / MANIFEST_NAME, d / MANIFEST_NAME)
-    except BaseException:
-        for final in placed:
-            with contextlib.suppress(OSError):
-                final.unlink()
-        for final, away in reversed(retired):
-            with contextlib.suppress(OSError):
-                os.rename(away, final)
-        raise
-    for _, away in retired:
+def remove_created_dirs(created: list[Path]) -> None:
+    """Undo :func:`create_missing_dirs`: remove the directories it made, innermost first, each
+    only if still empty."""
+    for d in created:
         with contextlib.suppress(OSError):
-            away.unlink()
+            d.rmdir()
 
 
-def _cleanup_file_leftovers(d: Path, stem: str) -> None:
-    """Remove what a killed file-target export left in ``d`` (only if older than an hour)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _cleanup_leftovers(target: Path) -> None:
+    """Remove staging / retired siblings a killed export left behind (not a running one's:
+    only those older than an hour)."""
     import time
 
-    patterns = (f"{_STAGING_PREFIX}{stem}-*", f"{_RETIRED_PREFIX}{stem}.*-*")
-    for pattern in patterns:
-        for q in d.glob(pattern):
+    for prefix in (STAGING_PREFIX, RETIRED_PREFIX):
+        for d in target.parent.glob(f"{prefix}{target.name}-*"):
             with contextlib.suppress(OSError):
-                if time.time() - q.lstat().st_mtime > 3600:
-                    if q.is_dir() and not q.is_symlink():
-                        shutil.rmtree(q, ignore_errors=True)
-                    else:
-                        q.unlink()
+                if time.time() - d.stat().st_mtime > 3600:
+                    shutil.rmtree(d, ignore_errors=True)

@@ -153,12 +153,12 @@ def check_capacity(dispatch: str, capacity: Optional[float]) -> Optional[float]:
 
 
 def output_target(fmt: ExportFormat, output: Any) -> Any:
-    """What ``-o`` asks of ``fmt``: an :class:`~dyt_edge.artifacts.OutputTarget` (a directory,
+    """What ``-o`` asks of ``fmt``: an :class:`~dyt_edge.output_files.OutputTarget` (a directory,
     or a model file name inside one). A file name whose suffix ``fmt`` does not write is a
     :class:`UsageError` naming the fix."""
     from pathlib import Path
 
-    from dyt_edge import artifacts
+    from dyt_edge import artifacts, output_files
 
     p = Path(output)
     suffix = Path(fmt.primary).suffix
@@ -185,7 +185,7 @@ def output_target(fmt: ExportFormat, output: Any) -> Any:
                            f"is kept beside it as {p.with_suffix('.onnx').name})",
                            f"pass -o {p.with_suffix('.xml')}, or --format onnx for an .onnx "
                            "model")
-    return artifacts.output_target(p, suffix, refuse)
+    return output_files.output_target(p, suffix, refuse)
 
 
 def format_table_markdown() -> str:

@@ -5,8 +5,8 @@ Stages (each timed): load, export, graph, simplify, validate, write, openvino, v
 staging directory, then swapped in as a whole (``-o DIR``:
 :func:`dyt_edge.artifacts.staged_directory`) or, for ``-o DIR/NAME.onnx`` (``NAME.xml`` for
 OpenVINO), its files renamed into DIR one by one, the manifest last, leaving everything else in
-DIR alone (:func:`dyt_edge.artifacts.staged_files`). The file names come from the format's table
-(:data:`formats.FORMATS`) and the -o name; the manifest's ``files`` records them.
+DIR alone (:func:`dyt_edge.output_files.staged_files`). The file names come from the format's
+table (:data:`formats.FORMATS`) and the -o name; the manifest's ``files`` records them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dyt_edge import artifacts
+from dyt_edge import artifacts, output_files
 from dyt_edge._version import __version__
 from dyt_edge.config import DEFAULT_DISPATCH, check_choice
 from dyt_edge.errors import ConfigError, UsageError
@@ -160,8 +160,8 @@ def export_model(model, output, options: Optional[ExportOptions] = None, *,
     """Export an in-memory DyT model (its dispatch mode is restored afterwards).
 
     ``output``: an artifact directory, a model file path inside one (``out/model.onnx``), or an
-    :class:`~dyt_edge.artifacts.OutputTarget`. ``class_names`` (one per class, in logit order)
-    go into the manifest and the model's metadata, with ``class_names_source``."""
+    :class:`~dyt_edge.output_files.OutputTarget`. ``class_names`` (one per class, in logit
+    order) go into the manifest and the model's metadata, with ``class_names_source``."""
     opts = (options or ExportOptions()).checked()
     if class_names is not None:
         from dyt_edge.class_names import check_count, check_unique
@@ -170,7 +170,7 @@ def export_model(model, output, options: Optional[ExportOptions] = None, *,
                                   model.config.num_classes, "the class names")
         class_names_source = class_names_source or "given"
     classes = {"names": class_names, "source": class_names_source if class_names else None}
-    target = (output if isinstance(output, artifacts.OutputTarget)
+    target = (output if isinstance(output, output_files.OutputTarget)
               else output_target(Path(output), opts))
     clock = _clock or _Clock(progress)
     fmt = formats.get_format(opts.format)
@@ -180,22 +180,22 @@ def export_model(model, output, options: Optional[ExportOptions] = None, *,
                        classes=classes)
 
 
-def output_target(output: Path, opts: ExportOptions) -> "artifacts.OutputTarget":
+def output_target(output: Path, opts: ExportOptions) -> "output_files.OutputTarget":
     """Where ``-o`` sends the export, checked before any work is done: a directory (replaced as
     a whole) or a model file name inside one (only the artifact's own files written)."""
     fmt = formats.get_format(opts.format)
     target = formats.output_target(fmt, output)
     if target.is_file:
-        artifacts.check_output_files(target.directory,
+        output_files.check_output_files(target.directory,
                                      list(target.file_names(fmt.files).values()), target.stem)
     else:
         artifacts.check_output_dir(target.directory, fmt.primary)
     return target
 
 
-def _staged(target: "artifacts.OutputTarget", names: dict[str, str]):
+def _staged(target: "output_files.OutputTarget", names: dict[str, str]):
     if target.is_file:
-        return artifacts.staged_files(target.directory, list(names.values()), target.stem)
+        return output_files.staged_files(target.directory, list(names.values()), target.stem)
     return artifacts.staged_directory(target.directory)
 
 
@@ -227,7 +227,7 @@ def expected_dispatch_problems(report, mode: str) -> list[str]:
     return problems
 
 
-def _export(model, target: "artifacts.OutputTarget", opts: ExportOptions, fmt, source,
+def _export(model, target: "output_files.OutputTarget", opts: ExportOptions, fmt, source,
             clock: _Clock, *, classes: Optional[dict[str, Any]] = None) -> ExportResult:
     from .graph_report import analyze
     from .simplify import SimplifyResult, simplify
@@ -300,8 +300,8 @@ def _export(model, target: "artifacts.OutputTarget", opts: ExportOptions, fmt, s
     files: dict[str, Path] = {}
     file_names = target.file_names(fmt.files)  # (`names` are the dispatchers)
     if target.is_file:
-        notes.extend(artifacts.check_output_files(target.directory, list(file_names.values()),
-                                                  target.stem))
+        notes.extend(output_files.check_output_files(
+            target.directory, list(file_names.values()), target.stem))
     try:
         with _staged(target, file_names) as staging:
             with clock.stage("write"):
@@ -447,7 +447,8 @@ def _manifest(cfg, opts, fmt, source, report, validation, ov_validation, sim, fi
     file_info = {}
     for kind, path in files.items():
         p = staging / path.name
-        file_info[kind] = {"path": path.name, "bytes": p.stat().st_size, "sha256": artifacts.file_sha256(p)}
+        file_info[kind] = {"path": path.name, "bytes": p.stat().st_size,
+                           "sha256": artifacts.file_sha256(p)}
     slots = None
     if opts.dispatch == "capacity":
         slots = [cfg.capacity_slots(opts.capacity)] * cfg.num_dispatchers
