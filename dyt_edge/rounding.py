@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -85,6 +85,21 @@ class RoundingScale:
         d.update(factor=factor, floor=floor, tolerance=self.tolerance(floor, factor))
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RoundingScale":
+        """The scale a :meth:`to_dict` record (or any mapping with ``logits`` and ``images``)
+        describes."""
+        return cls(float(d["logits"]), d.get("gates"), int(d["images"]),
+                   int(d.get("excluded", 0)))
+
+
+def same_decisions(masks_a: "np.ndarray", masks_b: "np.ndarray") -> "np.ndarray":
+    """[N] bool: the images whose gate decisions (``[N, L, P]`` masks) are all equal."""
+    import numpy as np
+
+    a, b = np.asarray(masks_a), np.asarray(masks_b)
+    return ~(a != b).reshape(len(a), -1).any(axis=1)
+
 
 def rounding_scale(logits32: "np.ndarray", logits64: "np.ndarray",
                    masks32: Optional["np.ndarray"] = None, masks64: Optional["np.ndarray"] = None,
@@ -99,7 +114,7 @@ def rounding_scale(logits32: "np.ndarray", logits64: "np.ndarray",
     n = len(l32)
     keep = np.ones(n, bool)
     if masks32 is not None and masks64 is not None:
-        keep = ~(np.asarray(masks32) != np.asarray(masks64)).reshape(n, -1).any(axis=1)
+        keep = same_decisions(masks32, masks64)
     finite = np.isfinite(l32).all(axis=1) & np.isfinite(l64).all(axis=1) if n else keep
     keep &= finite
     logits = float(np.abs(l32[keep] - l64[keep]).max()) if keep.any() and l32.size else 0.0
@@ -108,7 +123,6 @@ def rounding_scale(logits32: "np.ndarray", logits64: "np.ndarray",
         g32 = np.asarray(gates32, dtype=np.float64)[keep]
         g64 = np.asarray(gates64, dtype=np.float64)[keep]
         if g32.size:
-            # Gate logits can be huge when a bias is forced (+-1e4): measure relative to them.
             gates = float(np.abs(g32 - g64).max())
             if not math.isfinite(gates):
                 gates = None
@@ -126,4 +140,5 @@ def combine(scales: list[RoundingScale]) -> RoundingScale:
                          excluded=sum(s.excluded for s in scales))
 
 
-__all__ = ["FACTOR", "FLOOR", "RoundingScale", "TIE_FLOOR", "combine", "rounding_scale"]
+__all__ = ["FACTOR", "FLOOR", "RoundingScale", "TIE_FLOOR", "combine", "rounding_scale",
+           "same_decisions"]

@@ -705,33 +705,25 @@ def _measure_rounding(ref: Any, art: "Artifact", images: "np.ndarray", batch: in
     Also the target's own error against float64 there. None when no image qualifies."""
     import numpy as np
 
-    from .rounding import rounding_scale
+    from .rounding import rounding_scale, same_decisions
     from .runtimes import RuntimeOptions
 
-    n = len(images)
     diff = np.abs(t_logits.astype(np.float64) - r_logits.astype(np.float64)).max(axis=1)
     keep = np.isfinite(diff)
     if r_masks is not None and t_masks is not None:
-        keep &= ~(r_masks != t_masks).reshape(n, -1).any(axis=1)
+        keep &= same_decisions(r_masks, t_masks)
     candidates = np.nonzero(keep)[0]
     if not len(candidates):
         return None
     chosen = np.sort(candidates[np.argsort(-diff[candidates], kind="stable")][:ROUNDING_IMAGES])
-    options = RuntimeOptions(precision="fp64")
-    from_model = getattr(type(ref), "from_model", None)
-    model = getattr(ref, "model", None)
-    try:
-        ref64 = (from_model(model, art, options) if from_model is not None and model is not None
-                 else _open("pytorch", art, options))
-    except DytEdgeError as exc:
-        raise _one_line(exc) from None
+    ref64 = _reference_variant(ref, art, RuntimeOptions(precision="fp64"))
     runtimes.append(ref64)
     l64, m64 = _run_all(ref64, images[chosen], batch, "PyTorch float64", progress)
     scale = rounding_scale(r_logits[chosen], l64,
                            None if r_masks is None else r_masks[chosen], m64)
     same = np.ones(len(chosen), bool)
     if m64 is not None and t_masks is not None:
-        same = ~(t_masks[chosen] != m64).reshape(len(chosen), -1).any(axis=1)
+        same = same_decisions(t_masks[chosen], m64)
     own = (float(np.abs(t_logits[chosen][same].astype(np.float64) - l64[same]).max())
            if same.any() else None)
     return {"logits": scale.logits, "images": scale.images, "excluded": scale.excluded,
@@ -739,11 +731,15 @@ def _measure_rounding(ref: Any, art: "Artifact", images: "np.ndarray", batch: in
 
 
 def _dense_reference(ref: Any, art: "Artifact") -> Any:
-    """The reference model in dense ``mask`` mode (the model's true gate decisions), sharing
-    the already loaded model where the runtime allows it."""
+    """The reference model in dense ``mask`` mode (the model's true gate decisions)."""
     from .runtimes import RuntimeOptions
 
-    options = RuntimeOptions(precision="fp32", dispatch="mask")
+    return _reference_variant(ref, art, RuntimeOptions(precision="fp32", dispatch="mask"))
+
+
+def _reference_variant(ref: Any, art: "Artifact", options: Any) -> Any:
+    """The PyTorch reference with other ``options`` (dispatch mode, precision), sharing the
+    already loaded model where the runtime allows it."""
     from_model = getattr(type(ref), "from_model", None)
     model = getattr(ref, "model", None)
     if from_model is not None and model is not None:
@@ -886,8 +882,7 @@ def make_checks(metrics: dict[str, Any], limits: Thresholds) -> list[Check]:
     if limits.max_diff_rounding is not None and rounding and rounding.get("images"):
         from .rounding import RoundingScale
 
-        scale = RoundingScale(rounding["logits"], None, rounding["images"],
-                              rounding.get("excluded", 0))
+        scale = RoundingScale.from_dict(rounding)
         floor = limits.max_diff or 0.0
         diff_limit = scale.tolerance(floor, limits.max_diff_rounding)
         diff_note = scale.explain(floor, limits.max_diff_rounding)

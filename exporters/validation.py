@@ -40,7 +40,8 @@ from typing import Any, Iterator, Optional, Protocol
 import numpy as np
 
 from dyt_edge.data import generated_images
-from dyt_edge.rounding import FACTOR, FLOOR, TIE_FLOOR, RoundingScale, combine, rounding_scale
+from dyt_edge.rounding import (FLOOR, TIE_FLOOR, RoundingScale, combine, rounding_scale,
+                               same_decisions)
 
 from .errors import ValidationError
 
@@ -118,9 +119,8 @@ class ValidationResult:
     def tolerance_source(self) -> str:
         if not self.rounding:
             return f"the floor {self.atol_floor:g}"
-        scale = RoundingScale(self.rounding["logits"], self.rounding.get("gates"),
-                              self.rounding["images"], self.rounding.get("excluded", 0))
-        return scale.explain(self.atol_floor, self.rounding.get("factor", FACTOR))
+        return RoundingScale.from_dict(self.rounding).explain(self.atol_floor,
+                                                              self.rounding["factor"])
 
     def __bool__(self) -> bool:
         return self.passed
@@ -417,8 +417,7 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
     floor = atol
     atol = rounding.tolerance(floor)
     tie_atol = rounding.tie_tolerance(tie_atol)
-    atol_text = (f"{atol:.2g} = {FACTOR:g} x PyTorch fp32's own error {rounding.logits:.1e}"
-                 if atol > floor else f"{atol:g}")
+    atol_text = f"{atol:.2g} = {rounding.explain(floor)}" if atol > floor else f"{atol:g}"
     if rounding.excluded:
         notes.append(f"{rounding.excluded} image(s) left out of PyTorch's rounding error: a gate "
                      "decision differs between fp32 and float64 there (a logit within rounding "
@@ -520,7 +519,7 @@ def _float64_errors(ref: TorchReference, case: Case, logits, masks, r_logits, r_
     l64, m64, _ = ref.run64(case.images, case.gate_bias)
 
     def error(got, got_masks) -> Optional[float]:
-        same = ~(got_masks != m64).reshape(len(got_masks), -1).any(axis=1)
+        same = same_decisions(got_masks, m64)
         for b in skip:
             same[b] = False
         if not same.any():
