@@ -692,11 +692,10 @@ def _add_per_class(activation: Optional[dict[str, Any]], per_image: Any,
     the artifact's class names, else the data's, else the index."""
     if activation is None:
         return
-    from .class_names import match_class_names, per_class_activation
+    from .class_names import match_artifact_classes, per_class_activation
 
     labels = None if loaded.labels is None else loaded.labels.numpy()
-    match = match_class_names(manifest.get("class_names"), loaded.class_names, labels,
-                              (manifest.get("model") or {}).get("num_classes"))
+    match = match_artifact_classes(manifest, loaded.class_names, labels)
     activation["classes"] = match.to_dict() if match.groups is not None else None
     activation["per_class"] = per_class_activation(per_image, match)
     notes.extend(n for n in match.notes if "no accuracy" not in n)

@@ -119,15 +119,14 @@ def read_checkpoint(path: PathLike, *,
     """
     loaded = _read(path, overrides)[0]
     if class_names is not None:
-        from .class_names import check_count, check_unique, read_class_names_file
+        from .class_names import checked_names, read_class_names_file
 
         if isinstance(class_names, (list, tuple)):
-            names = check_unique([str(n) for n in class_names], "the class names")
-            what, source = "the class names", "given"
+            names, what, source = class_names, "the class names", "given"
         else:
             names = read_class_names_file(class_names)
             what = source = f"--class-names {class_names}"
-        loaded.class_names = check_count(names, loaded.config.num_classes, what)
+        loaded.class_names = checked_names(names, loaded.config.num_classes, what)
         loaded.class_names_source = source
     else:
         loaded.class_names = _stored_class_names(loaded.metadata, loaded.config, str(path))

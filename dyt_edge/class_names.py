@@ -89,6 +89,11 @@ def check_count(names: Sequence[str], num_classes: int, what: str) -> list[str]:
     return list(names)
 
 
+def checked_names(names: Sequence[Any], num_classes: int, what: str) -> list[str]:
+    """``names`` as strings, once each and one per class; otherwise a one-line error."""
+    return check_count(check_unique([str(n) for n in names], what), num_classes, what)
+
+
 def parse_metadata(text: str) -> list[str]:
     """The names stored under :data:`METADATA_KEY` (ValueError when they are not a JSON list
     of strings)."""
@@ -176,6 +181,14 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
     return ClassMatch(relation, labels=y, groups=y, names=names, names_from=_source(model, data))
 
 
+def match_artifact_classes(manifest: Any, data_names: Optional[Sequence[str]],
+                           labels: Optional[Any]) -> ClassMatch:
+    """:func:`match_class_names` against an artifact's manifest (its ``class_names`` and the
+    model's ``num_classes``)."""
+    num_classes = (manifest.get("model") or {}).get("num_classes")
+    return match_class_names(manifest.get("class_names"), data_names, labels, num_classes)
+
+
 def _out_of_range(y: Any, classes: Optional[int], names: list[str], source: str) -> ClassMatch:
     return ClassMatch("out of range", names=names, names_from=source,
                       notes=[f"labels ignored: the data has labels up to {int(y.max())}, the "
@@ -254,6 +267,7 @@ def worst_first(rows: Sequence[dict[str, Any]], limit: int = 10) -> tuple[list[d
     return sorted(rows, key=key)[:limit], len(rows) - limit
 
 
-__all__ = ["ClassMatch", "METADATA_KEY", "check_count", "match_class_names", "parse_metadata",
+__all__ = ["ClassMatch", "METADATA_KEY", "check_count", "checked_names", "match_artifact_classes",
+           "match_class_names", "parse_metadata",
            "per_class_activation", "per_class_validation", "preview", "read_class_names_file",
            "worst_first"]

@@ -602,7 +602,9 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
         runtimes.append(ref)
         images = np.ascontiguousarray(image_set.images.numpy(), dtype=np.float32)
         labels = None if image_set.labels is None else image_set.labels.numpy()
-        match = _match_classes(manifest, image_set, labels)
+        from .class_names import match_artifact_classes
+
+        match = match_artifact_classes(manifest, image_set.class_names, labels)
         labels = match.labels
         static = tgt.static_batch
         if static is not None and batch != static:
@@ -672,16 +674,6 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
                     "overridden": overridden},
         metrics=metrics, layers=layers, capacity=capacity, checks=checks, notes=notes,
         seconds=round(time.perf_counter() - start, 3), created=utc_now(), classes=classes)
-
-
-def _match_classes(manifest: dict[str, Any], image_set: Any, labels: Any) -> Any:
-    """How the data's labels relate to the artifact's classes
-    (:func:`dyt_edge.class_names.match_class_names`)."""
-    from .class_names import match_class_names
-
-    num_classes = (manifest.get("model") or {}).get("num_classes")
-    return match_class_names(manifest.get("class_names"), image_set.class_names, labels,
-                             num_classes)
 
 
 def _per_class(r_logits: "np.ndarray", t_logits: "np.ndarray", match: Any,

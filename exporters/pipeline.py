@@ -164,10 +164,9 @@ def export_model(model, output, options: Optional[ExportOptions] = None, *,
     order) go into the manifest and the model's metadata, with ``class_names_source``."""
     opts = (options or ExportOptions()).checked()
     if class_names is not None:
-        from dyt_edge.class_names import check_count, check_unique
+        from dyt_edge.class_names import checked_names
 
-        class_names = check_count(check_unique([str(n) for n in class_names], "the class names"),
-                                  model.config.num_classes, "the class names")
+        class_names = checked_names(class_names, model.config.num_classes, "the class names")
         class_names_source = class_names_source or "given"
     classes = {"names": class_names, "source": class_names_source if class_names else None}
     target = (output if isinstance(output, output_files.OutputTarget)
