@@ -26,12 +26,11 @@ from pathlib import Path
 
 def calibrated_vitb(variant: str = "mlp", target: float = 0.5, seed: int = 0):
     """A ViT-B/16 DyT with random weights whose gates keep ~``target`` of the patch tokens."""
-    import numpy as np
     import torch
 
     from dyt_edge.config import DyTConfig
-    from dyt_edge.exporters.validation import generated_images
     from dyt_edge.model import build_model
+    from dyt_edge.synthetic import calibrate_gates_
 
     torch.manual_seed(seed)
     model = build_model(DyTConfig(variant=variant, num_classes=1000, adapter_dim=64,
@@ -44,29 +43,9 @@ def calibrated_vitb(variant: str = "mlp", target: float = 0.5, seed: int = 0):
         for ts in model.token_selects:
             ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * 0.05)
             ts.mlp_head.bias.zero_()
-    x = torch.from_numpy(generated_images(4, 3, 224, seed=seed + 1))
-    model.set_dispatch("mask")
-    # One pass: each gate's bias is set, as the pass reaches it, so that its logits are
-    # centred on the wanted quantile given the decisions of the gates before it.
-    originals = []
-    for ts in model.token_selects:
-        original = ts.logits
-
-        def calibrating(x_patch, _ts=ts, _original=original):
-            out = _original(x_patch)
-            q = float(np.quantile(out.detach().numpy(), 1.0 - target))
-            with torch.no_grad():
-                _ts.mlp_head.bias.sub_(q)
-            return out - q
-
-        ts.logits = calibrating
-        originals.append(ts)
-    try:
-        with torch.no_grad():
-            model(x, return_masks=True)
-    finally:
-        for ts in originals:
-            ts.__dict__.pop("logits", None)
+    # Each gate's bias is set, as one pass reaches it, so that its logits are centred on the
+    # wanted quantile given the decisions of the gates before it (4 generated images).
+    calibrate_gates_(model, target, seed=seed + 1, images=4)
     model.set_dispatch("topk")
     return model
 

@@ -368,7 +368,9 @@ def computed_rates(mode: str, per_image: Any, batch: int, manifest: dict[str, An
         return [float(v) for v in r.mean(axis=0)], None
     if mode in ("mask", "complete"):
         return [1.0] * layers, None
-    return [float(v) for v in r.mean(axis=0)], None  # pack: exactly the active tokens
+    # pack: the active tokens (an attention sub-block's core is padded per image; the FLOPs
+    # model counts it at the mean too)
+    return [float(v) for v in r.mean(axis=0)], None
 
 
 def measure_activation(runtime: Any, images: Any, batch: int) -> Optional[Any]:

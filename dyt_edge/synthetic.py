@@ -188,7 +188,7 @@ def calibrate_gates_(model: "DyTVisionTransformer", rate: float, *, seed: int = 
 
         def calibrating(x_patch, _ts=ts, _original=original):
             out = _original(x_patch)
-            q = float(np.quantile(out.detach().double().numpy(), 1.0 - rate))
+            q = float(np.quantile(out.detach().numpy(), 1.0 - rate))
             with torch.no_grad():
                 _ts.mlp_head.bias.sub_(q)
             return out - q

@@ -28,12 +28,12 @@ from .validation import DEFAULT_ATOL, LARGE_BATCH
 
 DISPATCH_MODES = ("pack", "topk", "capacity", "mask", "complete")
 """As :data:`dyt_edge.config.DISPATCH_MODES`, the default first."""
-# Dispatch ops every dispatcher must show in the graph, per mode (``pack`` sends attention
-# sub-blocks through TopK: either is fine there).
+# Dispatch ops every dispatcher must show in the graph, per mode (``pack`` packs attention
+# sub-blocks with NonZero too, padding only their core per image).
 EXPECTED_OPS = {
     "topk": ({"TopK", "GatherND", "ScatterND"},),
     "capacity": ({"TopK", "GatherND", "ScatterND"},),
-    "pack": ({"NonZero", "ScatterND"}, {"TopK", "GatherND", "ScatterND"}),
+    "pack": ({"NonZero", "ScatterND"},),
     "mask": (set(),),
     "complete": (set(),),
 }
