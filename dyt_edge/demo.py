@@ -125,15 +125,23 @@ def _cpu_has(capability: str) -> bool:
         return False
 
 
-def _reusable_checkpoint(path: Path) -> bool:
-    """True when ``path`` is a model ``dyt-edge train`` wrote from the digits data."""
+def _checkpoint_metadata(path: Path) -> Optional[dict[str, str]]:
+    """The dyt-edge metadata of the checkpoint at ``path``, or None when there is no readable
+    checkpoint there (it is then made again)."""
     if not path.is_file():
-        return False
+        return None
     try:
         from .checkpoint import read_checkpoint
 
-        meta = read_checkpoint(path).metadata
+        return read_checkpoint(path).metadata
     except DytEdgeError:
+        return None
+
+
+def _reusable_checkpoint(path: Path) -> bool:
+    """True when ``path`` is a model ``dyt-edge train`` wrote from the digits data."""
+    meta = _checkpoint_metadata(path)
+    if meta is None:
         return False
     import json
 
@@ -279,9 +287,15 @@ def _run_target(exported, target: str, precision: str, duration: float, warmup: 
         row.status = "built, failed validation" if row.failed_checks else "failed"
         say(f"[{target} {precision}] {exc}")
     except Exception as exc:  # noqa: BLE001 - one target failing must not stop the demo
-        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        row.error = _unexpected(exc)
         say(f"[{target} {precision}] unexpected error: {row.error}")
     return row
+
+
+def _unexpected(exc: BaseException) -> str:
+    """``TypeName: first line`` of an error no dyt-edge check anticipated."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 def _model_megabytes(art, target: str) -> Optional[float]:
@@ -330,8 +344,7 @@ def realistic_row(config: Any = None, *, duration: float = 1.5, warmup: float = 
         row.error = str(exc)
         say(f"[{row.model}] {exc}")
     except Exception as exc:  # noqa: BLE001 - the digits rows stand on their own
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        row.error = f"{type(exc).__name__}: {first}"
+        row.error = _unexpected(exc)
         say(f"[{row.model}] unexpected error: {row.error}")
     return row
 
@@ -381,14 +394,7 @@ def _synthetic_files(cfg: Any, checkpoint: Path, data: Path, out: Path, say: Say
 
 
 def _same_synthetic(path: Path, record: str) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        from .checkpoint import read_checkpoint
-
-        return read_checkpoint(path).metadata.get("dyt_edge.synthetic") == record
-    except DytEdgeError:
-        return False
+    return (_checkpoint_metadata(path) or {}).get("dyt_edge.synthetic") == record
 
 
 class _Milestones:
