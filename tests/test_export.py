@@ -513,19 +513,31 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+def hashes(directory: Path) -> dict[str, str]:
+    return {n: artifacts.file_sha256(directory / n) for n in files_in(directory)}
+
+
+def checkpoint_and_user_dir(tmp_path: Path, seed: int, directory: str, user_file: str,
+                            text: str):
+    """A tiny model, its checkpoint, and a directory already holding one file of the user's."""
+    model = randomize_dyt(build_model(tiny_config(depth=1)), seed=seed)
+    ckpt = saved(tmp_path, model, "tiny")
+    out = tmp_path / directory
+    out.mkdir()
+    (out / user_file).write_text(text)
+    return model, ckpt, out
+
+
 @pytest.mark.parametrize("name", ["model.onnx", "resnet.onnx"])
 def test_o_names_the_model_file_in_a_directory_of_other_files(capsys, tmp_path, name):
-    model = randomize_dyt(build_model(tiny_config(depth=1)), seed=1)
-    ckpt = saved(tmp_path, model, "tiny")
-    out = tmp_path / "project"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
+    model, ckpt, out = checkpoint_and_user_dir(tmp_path, 1, "project", "notes.txt", "mine")
     code, stdout, err = cli(capsys, "export", ckpt, "-o", out / name, "--no-simplify")
     assert code == 0, err
     assert files_in(out) == sorted(["notes.txt", name, artifacts.MANIFEST_NAME])
     assert (out / "notes.txt").read_text() == "mine"
     m = json.loads((out / artifacts.MANIFEST_NAME).read_text())
-    assert m["files"]["onnx"]["path"] == name and m["files"]["onnx"]["sha256"] == artifacts.file_sha256(out / name)
+    assert m["files"]["onnx"]["path"] == name
+    assert m["files"]["onnx"]["sha256"] == artifacts.file_sha256(out / name)
     assert m["output"] == {"mode": "file", "name": name}
     art = artifacts.load_artifact(out / name)
     assert art.path == out and art.file() == out / name
@@ -552,11 +564,8 @@ def test_openvino_file_name_then_reexport_as_onnx(capsys, tmp_path, monkeypatch)
     from dyt_edge.build import build_artifact
     from dyt_edge.runtimes import open_runtime
 
-    model = randomize_dyt(build_model(tiny_config(depth=1)), seed=3)
-    ckpt = saved(tmp_path, model, "tiny")
-    out = tmp_path / "serve"
-    out.mkdir()
-    (out / "config.yaml").write_text("user: file\n")
+    model, ckpt, out = checkpoint_and_user_dir(tmp_path, 3, "serve", "config.yaml",
+                                               "user: file\n")
     code, _, err = cli(capsys, "export", ckpt, "--format", "openvino", "-o", out / "net.xml",
                        "--no-simplify")
     assert code == 0, err
@@ -637,7 +646,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
                        "--no-simplify")
     assert code == 0, err
     (d / "keep.txt").write_text("mine")
-    before = {n: artifacts.file_sha256(d / n) for n in files_in(d)}
+    before = hashes(d)
     mode = artifacts.load_artifact(d).manifest["dispatch"]["mode"]
     assert mode != "complete"
 
@@ -649,7 +658,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
         code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
                            "--no-simplify", "--dispatch", "complete")
     assert_one_line_error(code, err, "No space left on device")
-    assert {n: artifacts.file_sha256(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+    assert hashes(d) == before and leftovers(tmp_path) == []
 
     # A rename failing half-way through the swap puts the old files back.
     real_replace = artifacts.os.replace
@@ -664,7 +673,7 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
         code, _, err = cli(capsys, "export", tiny_ckpt, "-o", d / "m.onnx", "--no-validate",
                            "--no-simplify", "--dispatch", "complete")
     assert_one_line_error(code, err, "Input/output error")
-    assert {n: artifacts.file_sha256(d / n) for n in files_in(d)} == before and leftovers(tmp_path) == []
+    assert hashes(d) == before and leftovers(tmp_path) == []
     assert artifacts.load_artifact(d).manifest["dispatch"]["mode"] == mode
 
 
