@@ -98,10 +98,9 @@ def export_modes(modes: list[str], work: Path, capacity: float, simplify: bool, 
         path = work / mode
         cap = capacity if mode == "capacity" else None
         if reuse and (path / "dyt_edge.json").exists():
-            art = load_artifact(path)
-            d = art.manifest["dispatch"]
-            if (d["mode"] == mode and d.get("capacity") == cap
-                    and art.manifest.get("variant") == variant):
+            info = load_artifact(path).info
+            if (info.dispatch.mode == mode and info.dispatch.capacity == cap
+                    and info.variant == variant):
                 log(f"reusing the {mode} export in {path}")
                 paths[mode] = path
                 continue
@@ -120,17 +119,15 @@ def export_modes(modes: list[str], work: Path, capacity: float, simplify: bool, 
 # -- runners --------------------------------------------------------------------------------------
 
 class OvModel:
-    """An OpenVINO CPU compiled model with one infer request; f32 unless ``hint`` says."""
+    """A timed OpenVINO CPU model: compiled by the product's runner
+    (:class:`dyt_edge.runtimes.openvino_runtime.OpenVinoModel`, f32 unless ``hint`` says), with
+    one infer request called directly (no output conversion in the timed call)."""
 
     def __init__(self, core, model, hint: str = "f32", profile: bool = False) -> None:
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        if profile:
-            config["PERF_COUNT"] = True
-        self.compiled = core.compile_model(model, "CPU", config)
-        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        got = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
-        if got != hint:
-            raise RuntimeError(f"OpenVINO compiled with {got}, asked for {hint}")
+        from dyt_edge.runtimes.openvino_runtime import OpenVinoModel
+
+        config = {"PERFORMANCE_HINT": "LATENCY", **({"PERF_COUNT": True} if profile else {})}
+        self.compiled = OpenVinoModel(model, hint=hint, config=config, core=core).compiled
         self.request = self.compiled.create_infer_request()
         self.masks_port = next(o for o in self.compiled.outputs if "masks" in o.get_names())
 
@@ -153,11 +150,13 @@ class OvModel:
 
 
 class OrtModel:
-    def __init__(self, onnx_bytes: bytes) -> None:
-        import onnxruntime as ort
+    """A timed ONNX Runtime CPU session, made by the product's runner
+    (:class:`dyt_edge.runtimes.ort_runtime.OrtModel`); the call returns the masks."""
 
-        opts = ort.SessionOptions()
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    def __init__(self, onnx_bytes: bytes) -> None:
+        from dyt_edge.runtimes.ort_runtime import OrtModel as Runner
+
+        self.session = Runner(onnx_bytes).session()
         self.names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x):
@@ -189,7 +188,7 @@ class PerRate:
 def openvino_models(paths, names, biases, hint="f32", profile=False, read=None) -> PerRate:
     """(mode, rate) -> OvModel at inference precision ``hint``; ``names[mode]``: the export's
     dispatchers; ``read(mode)`` gives the ``openvino.Model`` (default: the export's IR)."""
-    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.runtimes.backends import import_openvino
 
     core = import_openvino().Core()
     read = read or (lambda m: core.read_model(str(paths[m] / "model.xml")))
@@ -207,7 +206,7 @@ def ort_models(paths, biases) -> PerRate:
 
     protos, disp = {}, {}
     for mode, path in paths.items():
-        disp[mode] = load_artifact(path).manifest["graph_report"]["dispatchers"]
+        disp[mode] = load_artifact(path).info.section("graph_report")["dispatchers"]
         protos[mode] = onnx.load(str(path / "model.onnx"))
 
     def make(mode, r):
@@ -231,7 +230,7 @@ def int8_models(paths, names, images, calib_bias: dict[str, float], log) -> dict
     from dyt_edge.calibration.data import CalibrationSet
     from dyt_edge.calibration.openvino_int8 import QuantizeSettings, quantize
     from dyt_edge.config import Preprocessing
-    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.runtimes.backends import import_openvino
 
     core = import_openvino().Core()
     calib = CalibrationSet(images=np.ascontiguousarray(images), labels=None, spec="generated",
@@ -250,7 +249,7 @@ def int8_models(paths, names, images, calib_bias: dict[str, float], log) -> dict
 
 def with_biases(model, names, values):
     """A clone of ``model`` with the gate biases ``values`` (dispatcher -> float)."""
-    from dyt_edge.exporters.openvino_ir import set_gate_biases
+    from dyt_edge.exporters.openvino.ir import set_gate_biases
 
     clone = model.clone()
     missing = set_gate_biases(clone, names, {n: [values[n]] for n in names})
@@ -419,7 +418,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    import dyt_edge.exporters  # noqa: F401 - disables telemetry before ORT / OpenVINO load
+    import dyt_edge.runtimes  # noqa: F401 - disables telemetry before ORT / OpenVINO load
     from dyt_edge.config import DyTConfig
     from dyt_edge.exporters.validation import generated_images
 
@@ -454,12 +453,13 @@ def main(argv=None) -> int:
     exports = {}
     dispatchers = {}
     for mode, path in paths.items():
-        manifest = load_artifact(path).manifest
-        dispatchers[mode] = manifest["dispatch"]["dispatchers"]
-        exports[mode] = {"path": str(path), "nodes": manifest["graph_report"]["nodes"],
-                         "dispatch_ops": manifest["graph_report"]["dispatch_ops"],
-                         "simplify": (manifest.get("simplify") or {}).get("tool"),
-                         "created": manifest.get("created")}
+        info = load_artifact(path).info
+        report = info.section("graph_report")
+        dispatchers[mode] = list(info.dispatch.dispatchers)
+        exports[mode] = {"path": str(path), "nodes": report["nodes"],
+                         "dispatch_ops": report["dispatch_ops"],
+                         "simplify": info.section("simplify").get("tool"),
+                         "created": info.created}
     record = {"model": f"ViT-B/16 DyT ({args.variant}), random weights, gate biases calibrated "
                        "to r on generated images (r = 1.0: every gate open)",
               "variant": args.variant,
@@ -476,11 +476,9 @@ def main(argv=None) -> int:
         log(f"{target}: preparing")
         f32_complete = None
         if runtime == "openvino":
-            import openvino
+            from dyt_edge.runtimes.backends import import_openvino
 
-            from dyt_edge.exporters.openvino_ir import import_openvino
-
-            record["machine"]["openvino"] = openvino.__version__
+            record["machine"]["openvino"] = import_openvino().__version__
             if precision == "int8":
                 r_cal = args.int8_rate if args.int8_rate in biases else next(
                     r for r in rates if r < 1.0)
@@ -517,11 +515,11 @@ def main(argv=None) -> int:
                     log(f"{target}: skipped ({record['skipped'][target]})")
                     continue
         else:
-            import onnxruntime
+            from dyt_edge.runtimes.backends import import_onnxruntime
 
             if precision != "f32":
                 parser.error(f"{target}: the ONNX Runtime rows are f32")
-            record["machine"]["onnxruntime"] = onnxruntime.__version__
+            record["machine"]["onnxruntime"] = import_onnxruntime().__version__
             models = ort_models(paths, biases)
         for r in rates:
             # activation on the benchmark images, from this target's first DyT graph

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                                                         "format": "random ViT-B/16"})
         total = time.perf_counter() - t1
         cpu_total = time.process_time() - c1
-        sizes = {k: v["bytes"] for k, v in result.manifest["files"].items()}
+        sizes = {k: v.bytes for k, v in result.artifact.info.files.items()}
     active = None
     if result.validation is not None:
         mixed = next(c for c in result.validation.cases if "mixed" in c.name)

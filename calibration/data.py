@@ -1,27 +1,30 @@
 """Calibration images for INT8: DATA preprocessed exactly as the artifact's manifest says.
 
-``load_calibration(spec, manifest, size=300)`` returns a :class:`CalibrationSet`: up to ``size``
-images (a deterministic, hash-ordered subset chosen before anything is decoded), with labels
-when DATA has them, and the number of files that could not be read (skipped and counted, the
-run goes on when at least :func:`minimum_images` usable images remain).
+``load_calibration(spec, info, size=300)`` (``info``: the export's typed manifest) returns a
+:class:`CalibrationSet`: up to ``size`` images (a deterministic, hash-ordered subset chosen
+before anything is decoded), with labels when DATA has them, and the number of files that could
+not be read (skipped and counted, the run goes on when at least :func:`minimum_images` usable
+images remain).
 
 Which images: all of DATA, except for the embedded ``digits``, where the held-out ``test``
 split is left out (that is the split ``dyt-edge validate`` and training report accuracy on, so
-quantization never sees it). Preprocessing always comes from ``manifest["preprocessing"]``
-through :func:`dyt_edge.artifacts.preprocessing_of` (resize mode, resize, crop, interpolation,
+quantization never sees it). Preprocessing always comes from the manifest's record through
+:meth:`dyt_edge.manifest.Manifest.preprocessing` (resize mode, resize, crop, interpolation,
 mean, std); images of any size are resized per it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from ..config import Preprocessing
 from ..errors import DataError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+    from ..manifest import Manifest
 
 DEFAULT_SIZE = 300
 """Calibration images by default (NNCF's default subset size)."""
@@ -102,18 +105,10 @@ class CalibrationSet:
         return iter(self.batches())
 
 
-def preprocessing_from_manifest(manifest: Mapping[str, Any]) -> Preprocessing:
-    """The manifest's preprocessing, checked: :func:`dyt_edge.artifacts.preprocessing_of` (the
-    one reader; this name is kept for callers of the calibration API)."""
-    from .. import artifacts
-
-    return artifacts.preprocessing_of(manifest)
-
-
-def load_calibration(spec: str, manifest: Mapping[str, Any], size: int = DEFAULT_SIZE, *,
+def load_calibration(spec: str, info: "Manifest", size: int = DEFAULT_SIZE, *,
                      seed: int = 0, require_labels: bool = False,
                      flag: str = "--calib") -> CalibrationSet:
-    """Up to ``size`` calibration images from ``spec``, preprocessed per ``manifest``.
+    """Up to ``size`` calibration images from ``spec``, preprocessed per the manifest ``info``.
 
     ``seed`` chooses the subset (and, for ``digits``, the hold-out split: keep 0 so that the
     test split stays out). Errors are :class:`DataError` (``flag`` names the option in them).
@@ -122,7 +117,7 @@ def load_calibration(spec: str, manifest: Mapping[str, Any], size: int = DEFAULT
 
     if int(size) <= 0:
         raise UsageError(f"--calib-size must be positive, got {size}")
-    pre = preprocessing_from_manifest(manifest)
+    pre = info.preprocessing()
     spec = str(spec)
     split = "train" if spec == DIGITS else None
     try:

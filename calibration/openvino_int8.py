@@ -74,7 +74,7 @@ class QuantizeResult:
 
 
 def import_nncf():
-    from ..exporters.openvino_ir import import_openvino
+    from ..runtimes.backends import import_openvino
 
     import_openvino()  # telemetry off before nncf imports openvino
     # nncf imports torch when present, whose cpp_extension logs "No CUDA runtime is found"
@@ -86,23 +86,6 @@ def import_nncf():
     return nncf
 
 
-def compile_f32(model, core=None):
-    """Compile for CPU at f32 inference precision (never the bf16 default)."""
-    from ..exporters.openvino_ir import import_openvino
-
-    ov = import_openvino()
-    core = core or ov.Core()
-    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISION_HINT})
-
-
-def outputs_by_name(result) -> dict[str, np.ndarray]:
-    out = {}
-    for port, value in result.items():
-        for name in port.get_names():
-            out[name] = value
-    return out
-
-
 def top1_accuracy(compiled, items) -> tuple[float, list[float]]:
     """NNCF's validation_fn: (accuracy in [0, 1], correctness per item)."""
     per_item = []
@@ -110,6 +93,8 @@ def top1_accuracy(compiled, items) -> tuple[float, list[float]]:
     for item in items:
         images, labels = item[0], item[1]
         valid = np.asarray(item[2], bool) if len(item) > 2 else np.ones(len(labels), bool)
+        from ..runtimes.openvino_runtime import outputs_by_name
+
         logits = outputs_by_name(compiled(images))["logits"]
         hits = (np.asarray(logits).argmax(axis=1) == np.asarray(labels)).astype(np.float64)
         hits = hits[valid]
@@ -184,8 +169,10 @@ def quantize(float_model, calib: CalibrationSet, *, dispatcher_names: Optional[l
                                    else ""), "report it, with the model's manifest")
     if s.max_drop is not None:
         items = calib.labelled_items(batch)
-        acc_f, _ = top1_accuracy(compile_f32(float_model), items)
-        acc_q, _ = top1_accuracy(compile_f32(quantized), items)
+        from ..runtimes.openvino_runtime import OpenVinoModel
+
+        acc_f, _ = top1_accuracy(OpenVinoModel(float_model, hint=PRECISION_HINT).compiled, items)
+        acc_q, _ = top1_accuracy(OpenVinoModel(quantized, hint=PRECISION_HINT).compiled, items)
         drop = (acc_f - acc_q) * 100.0
         ac_record = {"max_drop": s.max_drop, "metric": "top-1 accuracy (%)",
                      "inference_precision": PRECISION_HINT, "images": len(calib),
@@ -265,7 +252,7 @@ def restore_float_nodes(quantized, float_model, scope: FloatScope,
     """Undo what NNCF changed on the float scope's nodes of ``reasons``: each one's constant
     inputs get the float model's values back, and an input fed by a SmoothQuant scale is
     reconnected to the scale's own input. Returns the names of the nodes that were changed."""
-    from ..exporters.openvino_ir import import_openvino
+    from ..runtimes.backends import import_openvino
 
     ov = import_openvino()
     wanted = {n for n, r in scope.reasons.items() if r in reasons}

@@ -9,20 +9,8 @@ An *artifact directory* holds the exported model file(s) and a manifest::
         model.xml, model.bin  # --format openvino
         dyt_edge.json         # the manifest (written last)
 
-The manifest is a JSON object (schema :data:`SCHEMA_VERSION`). Stable keys that readers may rely
-on:
-
-``schema``, ``dyt_edge_version``, ``created`` (UTC ISO-8601), ``format`` (what was asked for),
-``files`` (kind -> {``path`` relative to the directory, ``bytes``, ``sha256``}; kinds ``onnx``,
-``openvino``, ``openvino_weights``, ``onnx_weights`` (external data of a model over 2 GB); readers
-take file names from here (:meth:`Artifact.file`), never assume ``model.onnx``), ``output``
-(``mode`` ``directory`` or ``file``, and for ``file`` the model file ``name``), ``source``
-(checkpoint ``path``, ``sha256``, ``format``, ``layout``), ``model`` (:meth:`DyTConfig.to_dict`),
-``class_names`` (one name per class in logit order, or null when unknown) and
-``class_names_source`` (where they came from, or null), ``variant``, ``dispatch`` (``mode``,
-``capacity``, ``capacity_slots``, ``dispatchers``), ``opset``, ``batch`` (``"dynamic"`` or an
-int), ``preprocessing`` (:meth:`Preprocessing.to_dict`, read through :func:`preprocessing_of`),
-``inputs`` / ``outputs`` (name, shape, dtype), ``validation``, ``graph_report``.
+The manifest's schema is ``docs/manifest.md``; code reads it through the typed view
+:attr:`Artifact.info` (:mod:`dyt_edge.manifest`).
 
 Two ways to write one (:func:`dyt_edge.output_files.output_target` tells which ``-o`` asks
 for):
@@ -47,28 +35,22 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
-from ._version import __version__
-from .errors import ConfigError, DytEdgeError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import Preprocessing
+from .errors import ArtifactError
+from .manifest import Manifest, header, schema_version
+from .manifest import preprocessing_of  # noqa: F401 - read as artifacts.preprocessing_of
+from .reports import to_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 MANIFEST_NAME = "dyt_edge.json"
-SCHEMA_VERSION = 1
 DEFAULT_ROOT = "dyt-edge-out"
 KINDS = ("onnx", "openvino", "tensorrt")
 """Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin,
 ``tensorrt_metadata`` the engine's ``engine.json``)."""
 STAGING_PREFIX = ".dyt-edge-staging-"
 RETIRED_PREFIX = ".dyt-edge-retired-"
-
-
-class ArtifactError(DytEdgeError):
-    """An artifact (or a place to write one) that is missing, unreadable or not ours."""
 
 
 @dataclass(frozen=True)
@@ -79,28 +61,33 @@ class Artifact:
     manifest: dict[str, Any]
 
     @property
+    def info(self) -> Manifest:
+        """The typed view of :attr:`manifest` (checked: a malformed manifest raises
+        :class:`ArtifactError`)."""
+        return Manifest.from_dict(self.manifest, f"the manifest of {self.path}")
+
+    @property
     def format(self) -> str:
-        return str(self.manifest.get("format", "?"))
+        return self.info.format
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in self.manifest.get("files", {}) if k in KINDS)
+        return tuple(k for k in self.info.files if k in KINDS)
 
     def file(self, kind: Optional[str] = None) -> Path:
         """The model file of ``kind`` (default: the format the artifact was exported as)."""
-        kind = kind or self.format
-        files = self.manifest.get("files", {})
-        if kind not in files:
+        info = self.info
+        kind = kind or info.format
+        if kind not in info.files:
             raise ArtifactError(f"artifact {self.path} has no {kind} model",
                                 f"it holds: {', '.join(self.kinds) or 'nothing'}; "
                                 f"re-export with --format {kind}")
-        return self.path / files[kind]["path"]
+        return self.path / info.files[kind].path
 
     def summary(self) -> str:
-        m = self.manifest
-        dispatch = m.get("dispatch", {}).get("mode", "?")
-        return (f"{self.path} ({'+'.join(self.kinds) or self.format}, {m.get('variant', '?')}, "
-                f"dispatch {dispatch}, created {m.get('created', '?')})")
+        info = self.info
+        return (f"{self.path} ({'+'.join(self.kinds) or info.format}, {info.variant or '?'}, "
+                f"dispatch {info.dispatch.mode}, created {info.created or '?'})")
 
 
 # -- where artifacts go -------------------------------------------------------------------------
@@ -128,8 +115,7 @@ def utc_now() -> str:
 
 def new_manifest(**fields: Any) -> dict[str, Any]:
     """A manifest with the header keys filled in; ``fields`` are added as given."""
-    return {"schema": SCHEMA_VERSION, "dyt_edge_version": __version__, "created": utc_now(),
-            **fields}
+    return {**header(utc_now()), **fields}
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -147,41 +133,10 @@ def read_manifest(directory: PathLike) -> dict[str, Any]:
         manifest = json.loads(text)
     except ValueError as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc})", "re-export the model") from None
-    if not isinstance(manifest, dict) or "schema" not in manifest:
+    if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} is not a dyt-edge manifest", "re-export the model")
-    if int(manifest["schema"]) > SCHEMA_VERSION:
-        raise ArtifactError(f"{path} has manifest schema {manifest['schema']}, this dyt-edge "
-                            f"reads up to {SCHEMA_VERSION}", "upgrade dyt-edge")
+    schema_version(manifest, str(path))
     return manifest
-
-
-def preprocessing_of(manifest: Mapping[str, Any]) -> "Preprocessing":
-    """The preprocessing of this artifact: the manifest's ``preprocessing`` record, checked.
-
-    The one reader every consumer (calibration, ``validate``, ``bench``, ``visualize``,
-    serving) uses, so all of them feed a model the pixels it was trained on. Records written
-    before ``resize_mode`` was recorded read as :meth:`Preprocessing.from_dict` documents.
-    Raises :class:`ArtifactError` when the manifest records none, when the record is invalid,
-    or when its crop is not the model's input size.
-    """
-    from .config import Preprocessing
-
-    raw = manifest.get("preprocessing") if isinstance(manifest, Mapping) else None
-    if not isinstance(raw, Mapping):
-        raise ArtifactError("the artifact's manifest records no preprocessing",
-                            "re-export the model with this dyt-edge")
-    try:
-        pre = Preprocessing.from_dict(raw)
-        pre.validate()
-    except (ConfigError, TypeError, ValueError) as exc:
-        why = exc.message if isinstance(exc, ConfigError) else str(exc)
-        raise ArtifactError(f"the artifact's preprocessing record is invalid ({why})",
-                            "re-export the model with this dyt-edge") from None
-    size = (manifest.get("model") or {}).get("img_size")
-    if size is not None and int(size) != pre.input_size:
-        raise ArtifactError(f"the artifact's preprocessing crops {pre.crop} px but the model "
-                            f"takes {size} px", "re-export the model")
-    return pre
 
 
 def load_artifact(path: PathLike) -> Artifact:
@@ -211,13 +166,14 @@ def find_artifacts(root: PathLike = DEFAULT_ROOT, kind: Optional[str] = None) ->
             continue
         try:
             art = Artifact(d, read_manifest(d))
+            info = art.info
         except ArtifactError:
             continue
-        if art.manifest.get("baseline"):  # bench's complete-model baselines are not exports
+        if info.is_baseline:  # bench's complete-model baselines are not exports
             continue
         if kind is None or kind in art.kinds:
             found.append(art)
-    found.sort(key=lambda a: (str(a.manifest.get("created", "")),
+    found.sort(key=lambda a: (str(a.info.created or ""),
                               (a.path / MANIFEST_NAME).stat().st_mtime), reverse=True)
     return found
 
@@ -278,21 +234,8 @@ def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview,
 
 def write_manifest(directory: PathLike, manifest: Mapping[str, Any]) -> Path:
     path = Path(directory) / MANIFEST_NAME
-    text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, to_json(manifest).encode("utf-8"))
     return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def check_output_dir(target: PathLike, model_name: Optional[str] = None) -> Path:
@@ -369,12 +312,11 @@ def _refuse_shared_directory(t: Path) -> None:
     """A directory written with ``-o DIR/NAME.onnx`` may hold the user's own files: never
     replace it as a whole."""
     try:
-        manifest = read_manifest(t)
+        output = Artifact(t, read_manifest(t)).info.output
     except ArtifactError:
         return
-    output = manifest.get("output") or {}
-    if isinstance(output, dict) and output.get("mode") == "file":
-        name = output.get("name") or "model.onnx"
+    if output.mode == "file":
+        name = output.name or "model.onnx"
         raise ArtifactError(
             f"{t} holds a dyt-edge artifact written beside other files (-o {t / name}); "
             "replacing the directory as a whole could delete them",

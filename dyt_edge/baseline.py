@@ -1,6 +1,6 @@
 """The complete-model baseline: what every DyT speedup is measured against.
 
-``baseline_artifact(art, target, precision)`` returns an artifact of the *same* checkpoint with
+``baseline_artifact(art, target)`` returns an artifact of the *same* checkpoint with
 dispatch ``complete`` (every token through every block: the cost of the plain ViT plus its
 adapters), made the way ``art`` was made, so that ``bench`` can time both on the same runtime
 at the same precision:
@@ -27,17 +27,18 @@ searches (:func:`dyt_edge.artifacts.find_artifacts`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from .artifacts import Artifact, ArtifactError, file_sha256, load_artifact, write_manifest
 from .errors import DytEdgeError
+from .manifest import Build
+from .progress import Progress
 
 BASELINE_DIR = "baseline"
 BASELINE_KEY = "baseline"
 """Manifest key marking (and describing) a baseline artifact."""
 RECORD_VERSION = 1
 
-Log = Optional[Callable[[str], None]]
 
 
 class BaselineError(DytEdgeError):
@@ -49,47 +50,41 @@ NO_BASELINE_HINT = "pass --no-baseline to benchmark without the complete model"
 
 def export_dir_of(art: Artifact) -> Path:
     """The export directory ``art`` belongs to: itself, or the parent a build records."""
-    build = art.manifest.get("build")
+    build = art.info.build
     if not build:
         return art.path
-    parent = build.get("parent")
-    if not parent:
+    if not build.parent:
         raise BaselineError(f"the build {art.path} does not record the export it came from",
                             NO_BASELINE_HINT)
-    return (art.path / parent).resolve()
+    return (art.path / build.parent).resolve()
 
 
-def is_baseline(art: Artifact) -> bool:
-    return bool(art.manifest.get(BASELINE_KEY))
-
-
-def baseline_artifact(art: Artifact, target: str, precision: Optional[str] = None, *,
-                      calib_data: Optional[str] = None, calib_size: Optional[int] = None,
-                      calib_seed: Optional[int] = None, log: Log = None,
-                      export_progress: Optional[Callable[[str], None]] = None) -> Artifact:
+def baseline_artifact(art: Artifact, target: str, *, calib_data: Optional[str] = None,
+                      calib_size: Optional[int] = None, calib_seed: Optional[int] = None,
+                      log: Progress = None, export_progress: Progress = None) -> Artifact:
     """The complete model matching ``art`` for ``target`` (see the module docstring).
 
-    ``precision`` is the precision ``art`` runs at (used only for a build that records none:
-    a build is repeated at its recorded precision). ``calib_*`` override the recorded INT8
-    calibration settings (default: the ones in ``art``'s manifest). ``log`` receives one line
-    per decision ("baseline: ...").
+    A build is repeated at its recorded target and precision. ``calib_*`` override the
+    recorded INT8 calibration settings (default: the ones in ``art``'s manifest). ``log``
+    receives one line per decision ("baseline: ...").
     ``export_progress`` receives the export and build stages as they start. An artifact that
     is itself ``complete`` is its own baseline.
     """
     say = log or (lambda _msg: None)
-    if (art.manifest.get("dispatch") or {}).get("mode") == "complete":
+    info = art.info
+    if info.dispatch.mode == "complete":
         say(f"baseline: {art.path} already runs the complete model; it is its own baseline")
         return art
-    build = art.manifest.get("build")
+    build = info.build
     export_dir = export_dir_of(art)
     parent = art if not build else _load_parent(export_dir, art)
-    fmt = "openvino" if (target == "openvino" or (build or {}).get("target") == "openvino") \
+    fmt = "openvino" if target == "openvino" or (build and build.target == "openvino") \
         else "onnx"
     exported = _baseline_export(parent, export_dir / BASELINE_DIR, fmt, say, export_progress)
     if not build:
         return exported
-    return _baseline_build(art, exported, build, precision, calib_data, calib_size, calib_seed,
-                           say, export_progress)
+    return _baseline_build(art, exported, build, calib_data, calib_size, calib_seed, say,
+                           export_progress)
 
 
 # -- the export ---------------------------------------------------------------------------------
@@ -103,8 +98,8 @@ def _load_parent(export_dir: Path, art: Artifact) -> Artifact:
 
 
 def _checkpoint(parent: Artifact) -> Path:
-    source = parent.manifest.get("source") or {}
-    path, want = source.get("path"), source.get("sha256")
+    source = parent.info.source
+    path, want = source.path, source.sha256
     if not path:
         raise BaselineError(f"{parent.path} records no checkpoint (it was exported from an "
                             "in-memory model), so the complete baseline cannot be exported",
@@ -122,16 +117,16 @@ def _checkpoint(parent: Artifact) -> Path:
 
 
 def _export_record(parent: Artifact) -> dict[str, Any]:
-    m = parent.manifest
+    info = parent.info
     return {
         "version": RECORD_VERSION,
         "of": str(parent.path.resolve()),
-        "checkpoint_sha256": (m.get("source") or {}).get("sha256"),
-        "model": m.get("model"),
-        "opset": m.get("opset"),
-        "batch": m.get("batch", "dynamic"),
-        "simplify": bool((m.get("simplify") or {}).get("requested", True)),
-        "validate": m.get("validation") is not None,
+        "checkpoint_sha256": info.source.sha256,
+        "model": info.model,
+        "opset": info.opset,
+        "batch": "dynamic" if info.batch is None else info.batch,
+        "simplify": bool(info.section("simplify").get("requested", True)),
+        "validate": bool(info.section("validation")),
     }
 
 
@@ -141,15 +136,15 @@ def _cached(directory: Path, record: dict[str, Any], keys: tuple[str, ...],
     and its model files of ``kinds`` (None: every file it lists) exist; None otherwise."""
     try:
         cached = load_artifact(directory)
+        info = cached.info
     except ArtifactError:
         return None
-    have = cached.manifest.get(BASELINE_KEY) or {}
+    have = info.section(BASELINE_KEY)
     if any(have.get(k) != record.get(k) for k in keys):
         return None
-    files = cached.manifest.get("files") or {}
-    for kind in (tuple(files) if kinds is None else kinds):
-        info = files.get(kind)
-        if not info or not (cached.path / info.get("path", "")).is_file():
+    for kind in (tuple(info.files) if kinds is None else kinds):
+        entry = info.files.get(kind)
+        if entry is None or not (cached.path / entry.path).is_file():
             return None
     return cached
 
@@ -171,27 +166,25 @@ def _baseline_export(parent: Artifact, out: Path, fmt: str, say: Callable[[str],
         f"({fmt}, cached at {out}/)")
     from .exporters.pipeline import ExportOptions, export_checkpoint
 
-    m = parent.manifest
-    batch = m.get("batch", "dynamic")
-    options = ExportOptions(format=fmt, dispatch="complete", opset=m.get("opset"),
-                            batch=None if batch in (None, "dynamic") else int(batch),
+    info = parent.info
+    options = ExportOptions(format=fmt, dispatch="complete", opset=info.opset, batch=info.batch,
                             simplify=record["simplify"], validate=record["validate"])
-    result = export_checkpoint(checkpoint, out, options, overrides=_overrides(m),
+    result = export_checkpoint(checkpoint, out, options, overrides=_overrides(info.model),
                                progress=export_progress)
-    manifest = _plain(result.manifest)
-    if _model_record(manifest.get("model")) != _model_record(m.get("model")):
+    if _model_record(result.artifact.info.model) != _model_record(info.model):
         raise BaselineError(f"the complete model exported from {checkpoint} differs from the "
                             f"one in {parent.path} (model config)",
                             f"re-export the artifact, or {NO_BASELINE_HINT}")
+    manifest = _plain(result.manifest)
     manifest[BASELINE_KEY] = {**record, "format": fmt}
     write_manifest(out, manifest)
     return Artifact(out, manifest)
 
 
-def _overrides(manifest: dict[str, Any]) -> dict[str, Any]:
+def _overrides(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """The recorded model config as checkpoint-loader overrides (so a value that came from
     ``--adapter-scale`` at export time is used again)."""
-    model = dict(manifest.get("model") or {})
+    model = dict(recorded)
     if model.get("adapter_scale_learnable"):
         model.pop("adapter_scale", None)  # learned: the weights hold it
     return model
@@ -199,11 +192,11 @@ def _overrides(manifest: dict[str, Any]) -> dict[str, Any]:
 
 # -- the build ----------------------------------------------------------------------------------
 
-def _calibration(build: dict[str, Any], data: Optional[str], size: Optional[int],
+def _calibration(build: Build, data: Optional[str], size: Optional[int],
                  seed: Optional[int]) -> dict[str, Any]:
     """The INT8 calibration settings to repeat: the recorded data, size (as requested), seed
     and accuracy-control bound, unless overridden."""
-    calib = build.get("calibration") or {}
+    calib = build.record.get("calibration") or {}
     control = calib.get("accuracy_control") or {}
     return {"data": data if data is not None else calib.get("data"),
             "size": size if size is not None else calib.get("size"),
@@ -211,32 +204,32 @@ def _calibration(build: dict[str, Any], data: Optional[str], size: Optional[int]
             "max_drop": control.get("max_drop")}
 
 
-def _baseline_build(art: Artifact, exported: Artifact, build: dict[str, Any],
-                    precision: Optional[str], calib_data: Optional[str],
-                    calib_size: Optional[int], calib_seed: Optional[int],
-                    say: Callable[[str], None],
+def _baseline_build(art: Artifact, exported: Artifact, build: Build,
+                    calib_data: Optional[str], calib_size: Optional[int],
+                    calib_seed: Optional[int], say: Callable[[str], None],
                     progress: Optional[Callable[[str], None]]) -> Artifact:
     # The same build as the DyT artifact's (the runtime then applies the same precision to
-    # both); ``precision`` only fills in for a build that records none.
-    target = str(build.get("target"))
-    prec = str(build.get("precision") or precision or "fp32")
+    # both).
+    target, prec = build.target, build.precision
     out = exported.path / f"{target}-{prec}"
+    onnx = exported.info.files.get("onnx")
     record: dict[str, Any] = {
         "version": RECORD_VERSION,
         "of": str(art.path.resolve()),
         "target": target,
         "precision": prec,
-        "source_model": ((exported.manifest.get("files") or {}).get("onnx") or {}).get("sha256"),
+        "source_model": onnx.sha256 if onnx is not None else None,
     }
     if target == "tensorrt":
         # the same GPU, batch profile and workspace as the DyT engine (timed the same way)
-        batch = build.get("batch") or {}
+        engine = build.record
+        batch = engine.get("batch") or {}
         record["tensorrt"] = {
-            "gpu": (build.get("gpu") or {}).get("profile"),
+            "gpu": (engine.get("gpu") or {}).get("profile"),
             "batch": None if batch.get("static") or not batch else
             f"{batch['min']}:{batch['opt']}:{batch['max']}",
-            "workspace": build.get("workspace_gib"),
-            "version": (build.get("tensorrt") or {}).get("version")}
+            "workspace": engine.get("workspace_gib"),
+            "version": (engine.get("tensorrt") or {}).get("version")}
     if prec == "int8":
         record["calibration"] = _calibration(build, calib_data, calib_size, calib_seed)
         if not record["calibration"]["data"]:
@@ -297,8 +290,8 @@ def _plain(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, ...)."""
     import json
 
-    from .artifacts import _json_default
+    from .reports import json_default
 
-    return json.loads(json.dumps(value, default=_json_default))
+    return json.loads(json.dumps(value, default=json_default))
 
 

@@ -31,9 +31,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .manifest import Manifest
 
 METADATA_KEY = "dyt_edge.class_names"
 """Checkpoint metadata / ONNX metadata_props / OpenVINO rt_info key: the names as a JSON list."""
@@ -181,12 +184,11 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
     return ClassMatch(relation, labels=y, groups=y, names=names, names_from=_source(model, data))
 
 
-def match_artifact_classes(manifest: Any, data_names: Optional[Sequence[str]],
+def match_artifact_classes(info: "Manifest", data_names: Optional[Sequence[str]],
                            labels: Optional[Any]) -> ClassMatch:
     """:func:`match_class_names` against an artifact's manifest (its ``class_names`` and the
     model's ``num_classes``)."""
-    num_classes = (manifest.get("model") or {}).get("num_classes")
-    return match_class_names(manifest.get("class_names"), data_names, labels, num_classes)
+    return match_class_names(info.class_names, data_names, labels, info.model.get("num_classes"))
 
 
 def _out_of_range(y: Any, classes: Optional[int], names: list[str], source: str) -> ClassMatch:

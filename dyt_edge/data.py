@@ -39,14 +39,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from .config import RESIZE_MODES, Preprocessing, check_choice
+from .config import Preprocessing
 from .errors import DataError
+from .preprocess import normalise, pil_to_tensor, resize_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
+
+    from .manifest import Manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm")
@@ -162,69 +165,6 @@ def _limit(indices: list[int], keys: Sequence[str], limit: Optional[int], seed: 
     return sorted(chosen)
 
 
-# -- preprocessing ----------------------------------------------------------------------------
-
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-            "nearest": InterpolationMode.NEAREST}[name]
-
-
-def _normalise(x: "torch.Tensor", pre: Preprocessing) -> "torch.Tensor":
-    import torch
-
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def _needs_resize(h: int, w: int, pre: Preprocessing) -> bool:
-    return not (h == w == pre.crop and pre.resize == pre.crop)
-
-
-def _resize_size(pre: Preprocessing) -> list[int]:
-    """torchvision's ``size`` argument for the resize step: ``[s, s]`` (squash: both sides,
-    aspect ratio not kept) or ``[s]`` (shorter side to s, aspect ratio kept)."""
-    if pre.resize_mode == "squash":
-        return [pre.resize, pre.resize]
-    if pre.resize_mode == "shorter":
-        return [pre.resize]
-    check_choice("resize mode", str(pre.resize_mode), RESIZE_MODES)  # raises: not validated
-    return [pre.resize]
-
-
-def antialias_for(pre: Preprocessing) -> bool:
-    """Whether float tensors are resized with antialiasing (PIL images always are)."""
-    return pre.interpolation != "nearest"
-
-
-def _pil_to_tensor(img, pre: Preprocessing) -> "torch.Tensor":
-    """A PIL image -> [3, crop, crop] float32 in [0, 1] (not yet normalised)."""
-    import torch
-    from torchvision.transforms.v2 import functional as TF
-
-    img = img.convert("RGB")
-    if _needs_resize(img.height, img.width, pre):
-        img = TF.resize(img, _resize_size(pre), interpolation=_interpolation(pre.interpolation))
-        if img.height != pre.crop or img.width != pre.crop:
-            img = TF.center_crop(img, [pre.crop, pre.crop])
-    return TF.pil_to_tensor(img).to(torch.float32).div_(255.0)
-
-
-def _resize_float(x: "torch.Tensor", pre: Preprocessing) -> "torch.Tensor":
-    """[N, 3, H, W] float in [0, 1] -> [N, 3, crop, crop] (identity when already that size)."""
-    from torchvision.transforms.v2 import functional as TF
-
-    if not _needs_resize(x.shape[-2], x.shape[-1], pre):
-        return x
-    x = TF.resize(x, _resize_size(pre), interpolation=_interpolation(pre.interpolation),
-                  antialias=antialias_for(pre))
-    if x.shape[-2] != pre.crop or x.shape[-1] != pre.crop:
-        x = TF.center_crop(x, [pre.crop, pre.crop])
-    return x.clamp(0.0, 1.0)  # not in place: resize may hand back its (expanded) input
-
-
 # -- digits -----------------------------------------------------------------------------------
 
 def digits_raw() -> tuple["np.ndarray", "np.ndarray"]:
@@ -251,7 +191,7 @@ def _load_digits(pre: Preprocessing, split: Optional[str], limit: Optional[int],
     keys = [str(i) for i in range(len(labels))]
     idx = _limit(split_indices(keys, labels.tolist(), split, seed), keys, limit, seed)
     x = upsample_digits(torch.from_numpy(images8[idx]))
-    x = _normalise(_resize_float(x, pre), pre)
+    x = normalise(resize_float(x, pre), pre)
     return ImageSet(x, torch.from_numpy(labels[idx]), [str(c) for c in range(10)], "digits", 0)
 
 
@@ -344,7 +284,7 @@ def _load_npz(path: Path, pre: Preprocessing, split: Optional[str], limit: Optio
         raise DataError(f"{path.name}: no images in the '{split}' split",
                         "add more images (the test split is 20% of every class)")
     x = _npz_images_to_float(arr[idx], path)
-    x = _normalise(_resize_float(x, pre), pre)
+    x = normalise(resize_float(x, pre), pre)
     y = torch.from_numpy(labels[idx]) if labels is not None else None
     return ImageSet(x, y, class_names, path.stem, 0)
 
@@ -424,14 +364,14 @@ def _load_folder(root: Path, pre: Preprocessing, split: Optional[str], limit: Op
         try:
             with Image.open(files[i]) as img:
                 img.load()
-                tensors.append(_pil_to_tensor(img, pre))
+                tensors.append(pil_to_tensor(img, pre))
             kept.append(i)
         except Exception:  # noqa: BLE001 - a corrupt file is skipped and counted
             skipped += 1
     if not tensors:
         raise DataError(f"none of the {len(idx)} image files in {root} could be read",
                         "the files are corrupt or not images")
-    x = _normalise(torch.stack(tensors), pre)
+    x = normalise(torch.stack(tensors), pre)
     y = (torch.tensor([labels_opt[i] for i in kept], dtype=torch.int64)
          if labels_opt is not None else None)
     return ImageSet(x, y, class_names, root.resolve().name, skipped)
@@ -447,22 +387,27 @@ def _first_line(exc: BaseException) -> str:
 DEMO_DATA = "digits"
 
 
-def is_demo_model(manifest: dict) -> bool:
+def is_demo_model(info: "Manifest") -> bool:
     """True for an artifact of a model ``dyt-edge train`` trained on the embedded digits (the
     one model for which commands may pick their data themselves)."""
-    training = (manifest.get("source") or {}).get("training") or {}
-    model = manifest.get("model") or {}
-    return (training.get("data") == DEMO_DATA and model.get("img_size") == DIGITS_SIZE
+    return trained_on_digits(info.model, info.source.training.get("data"))
+
+
+def trained_on_digits(model: Mapping[str, Any], trained_on: Optional[str]) -> bool:
+    """True for the demo model: a model config record (:meth:`DyTConfig.to_dict`) of the digits'
+    shape, trained on the data ``trained_on`` names (a training record's ``data``)."""
+    return (trained_on == DEMO_DATA and model.get("img_size") == DIGITS_SIZE
             and model.get("patch_size") == DIGITS_PATCH)
 
 
-def default_data(manifest: dict, data: Optional[str], *, purpose: str = "this command",
+def default_data(data: Optional[str], *, demo: bool, purpose: str = "this command",
                  flag: str = "--data") -> str:
-    """``data`` when given; ``digits`` for the demo model; otherwise a clear error (random
-    noise misleads a dispatcher, and calibrating on the wrong images ruins INT8)."""
+    """``data`` when given; ``digits`` for the demo model (``demo``: :func:`is_demo_model`);
+    otherwise a clear error (random noise misleads a dispatcher, and calibrating on the wrong
+    images ruins INT8)."""
     if data is not None:
         return str(data)
-    if is_demo_model(manifest):
+    if demo:
         return DEMO_DATA
     raise DataError(f"{flag} is required for {purpose} on this model (only the digits demo "
                     "model has a default)",

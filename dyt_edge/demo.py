@@ -34,6 +34,11 @@ from typing import Any, Callable, Optional
 
 from .config import DEFAULT_DISPATCH
 from .errors import DytEdgeError
+from .reports import report_header
+
+KIND = "demo"
+SCHEMA_VERSION = 1
+"""Version of the JSON report (1: the first with the common header of ``docs/reports.md``)."""
 
 DEFAULT_CHECKPOINT = Path("runs") / "digits-mlp.safetensors"
 DEFAULT_OUT = Path("dyt-edge-out") / "digits-mlp"
@@ -93,13 +98,16 @@ class DemoResult:
     rows: list[TargetRow]
     seconds: float
     steps: dict[str, float]
+    created: str = ""
 
     @property
     def passed(self) -> bool:
         return all(r.status in ("passed", "measured") for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "trained": self.trained, "export": self.export,
+        """The JSON report of ``dyt-edge demo --json`` (``docs/reports.md``)."""
+        return {**report_header(KIND, SCHEMA_VERSION, self.created),
+                "checkpoint": self.checkpoint, "trained": self.trained, "export": self.export,
                 "passed": self.passed, "seconds": self.seconds, "steps": self.steps,
                 "rows": [asdict(r) for r in self.rows]}
 
@@ -117,7 +125,7 @@ def demo_targets(bf16: Optional[bool] = None) -> list[tuple[str, str]]:
 
 def _cpu_has(capability: str) -> bool:
     try:
-        from .exporters.openvino_ir import import_openvino
+        from .runtimes.backends import import_openvino
 
         ov = import_openvino()
         return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -140,16 +148,10 @@ def _checkpoint_metadata(path: Path) -> Optional[dict[str, str]]:
 
 def _reusable_checkpoint(path: Path) -> bool:
     """True when ``path`` is a model ``dyt-edge train`` wrote from the digits data."""
-    meta = _checkpoint_metadata(path)
-    if meta is None:
-        return False
-    import json
+    from .checkpoint import training_record
 
-    try:
-        training = json.loads(meta.get("dyt_edge.training", "{}"))
-    except ValueError:
-        return False
-    return training.get("data") == "digits"
+    record = training_record(_checkpoint_metadata(path) or {})
+    return record is not None and record["data"] == "digits"
 
 
 def _reusable_export(out: Path, checkpoint: Path) -> bool:
@@ -158,12 +160,12 @@ def _reusable_export(out: Path, checkpoint: Path) -> bool:
 
     try:
         art = load_artifact(out)
+        info = art.info
     except ArtifactError:
         return False
-    m = art.manifest
-    return (m.get("source", {}).get("sha256") == file_sha256(checkpoint)
-            and m.get("dispatch", {}).get("mode") == DEFAULT_DISPATCH and "openvino" in art.kinds
-            and bool((m.get("validation") or {}).get("passed", True)))
+    return (info.source.sha256 == file_sha256(checkpoint)
+            and info.dispatch.mode == DEFAULT_DISPATCH and "openvino" in art.kinds
+            and bool(info.section("validation").get("passed", True)))
 
 
 def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
@@ -211,7 +213,7 @@ def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
         say(f"export: reusing {out}")
     steps["export"] = time.perf_counter() - t0
 
-    from .artifacts import load_artifact
+    from .artifacts import load_artifact, utc_now
 
     exported = load_artifact(out)
     rows = []
@@ -230,7 +232,7 @@ def run_demo(*, checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = DEFAULT_OUT,
         steps["vitb16"] = row.seconds
         rows.append(row)
     return DemoResult(checkpoint=str(checkpoint), trained=trained, export=str(out), rows=rows,
-                      seconds=time.perf_counter() - start, steps=steps)
+                      seconds=time.perf_counter() - start, steps=steps, created=utc_now())
 
 
 def _artifact_for(exported, target: str, precision: str, say: Say, built: dict):
@@ -299,9 +301,9 @@ def _unexpected(exc: BaseException) -> str:
 
 
 def _model_megabytes(art, target: str) -> Optional[float]:
-    files = art.manifest.get("files", {})
+    files = art.info.files
     kinds = ("onnx",) if target == "onnxruntime" else ("openvino", "openvino_weights")
-    total = sum(int(files[k].get("bytes", 0)) for k in kinds if k in files)
+    total = sum(int(files[k].bytes or 0) for k in kinds if k in files)
     return total / 1e6 if total else None
 
 

@@ -43,3 +43,29 @@ class UnsafeCheckpointError(CheckpointError):
 
 class DataError(DytEdgeError):
     """A dataset that is missing, empty or unreadable."""
+
+
+class ArtifactError(DytEdgeError):
+    """An artifact (or a place to write one) that is missing, unreadable or not ours."""
+
+
+class ValidationError(DytEdgeError):
+    """An artifact could not be shown to compute the PyTorch model it was made from.
+
+    Raised as is by export when the graph it wrote does not reproduce the model within
+    tolerance; ``dyt-edge validate`` raises the subclasses. ``result`` holds the comparison
+    behind the verdict, when there is one."""
+
+    def __init__(self, message: str, hint: str | None = None, result=None) -> None:
+        super().__init__(message, hint)
+        self.result = result
+
+
+class ChecksFailed(ValidationError):
+    """``dyt-edge validate``: the artifact, run on its target, fails one or more checks against
+    the PyTorch reference (``result`` is the validation report)."""
+
+
+class ValidationAborted(ValidationError):
+    """The comparison could not be carried out: a runtime failed on the images, or its outputs
+    do not have the reference's shapes."""

@@ -27,6 +27,7 @@ from .artifacts import (RETIRED_PREFIX, STAGING_PREFIX, KINDS, MANIFEST_NAME, Ar
                         PathLike, create_missing_dirs, existing_ancestor, file_sha256,
                         read_manifest, remove_created_dirs)
 from .errors import UsageError
+from .manifest import FileEntry, Manifest
 
 MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".bin", ".json", ".engine", ".plan")
 """Suffixes that make ``-o`` a file name rather than a directory (unless it is an existing
@@ -91,32 +92,23 @@ def output_target(output: PathLike, model_suffix: str,
     return OutputTarget(p.parent if str(p.parent) else Path("."), p.name)
 
 
-def _previous_manifest(directory: Path) -> Optional[dict[str, Any]]:
-    """The manifest of the artifact already in ``directory`` (None when there is none);
-    refuses one that cannot be read (it is not ours to overwrite)."""
+def _previous_files(directory: Path) -> Optional[Mapping[str, FileEntry]]:
+    """The ``files`` of the artifact already in ``directory`` (None when there is none);
+    refuses a manifest that cannot be read (it is not ours to overwrite)."""
     path = directory / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
         return None
     try:
-        manifest = read_manifest(directory)
+        return Manifest.from_dict(read_manifest(directory), "it").files
     except ArtifactError as exc:
         raise ArtifactError(f"{path} is not a readable dyt-edge manifest ({exc.message}); "
                             "refusing to overwrite it",
                             "move it away, or pass -o in another directory") from None
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(
-            isinstance(i, dict) and isinstance(i.get("path"), str) for i in files.values()):
-        raise ArtifactError(f"{path} lists no readable files; refusing to overwrite it",
-                            "move it away, or pass -o in another directory")
-    return manifest
 
 
-def _listed(manifest: Optional[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _listed(files: Optional[Mapping[str, FileEntry]]) -> dict[str, FileEntry]:
     """file name -> its ``files`` entry, for the artifact's plain files (not subdirectories)."""
-    if not manifest:
-        return {}
-    return {info["path"]: info for info in manifest.get("files", {}).values()
-            if "/" not in info["path"] and "\\" not in info["path"]}
+    return {e.path: e for e in (files or {}).values() if "/" not in e.path and "\\" not in e.path}
 
 
 def check_output_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
@@ -137,7 +129,7 @@ def check_output_files(directory: PathLike, names: "list[str] | tuple[str, ...]"
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ArtifactError(f"output path {d} is not writable ({probe} denies writing)",
                             "pass -o with a directory you can write to")
-    previous = _previous_manifest(d) if d.is_dir() else None
+    previous = _previous_files(d) if d.is_dir() else None
     listed = _listed(previous)
     for name in names:
         p = d / name
@@ -151,8 +143,7 @@ def check_output_files(directory: PathLike, names: "list[str] | tuple[str, ...]"
                                 "directory")
     notes: list[str] = []
     if previous is not None:
-        models = [info["path"] for kind, info in previous.get("files", {}).items()
-                  if kind in KINDS]
+        models = [entry.path for kind, entry in previous.items() if kind in KINDS]
         others = sorted({Path(m).stem for m in models} - {stem})
         if others:
             model = next(m for m in models if Path(m).stem == others[0])
@@ -191,13 +182,13 @@ def staged_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
                                 "re-run with --debug and report it")
         written = sorted(q.name for q in staging.iterdir() if q.name != MANIFEST_NAME)
         check_output_files(d, written, stem)
-        previous = _listed(_previous_manifest(d))
+        previous = _listed(_previous_files(d))
         _commit_files(d, staging, written)
-        for name, info in previous.items():  # the old artifact's files the new one lacks
+        for name, entry in previous.items():  # the old artifact's files the new one lacks
             old = d / name
             if name in written or not old.is_file() or old.is_symlink():
                 continue
-            want = info.get("sha256")
+            want = entry.sha256
             with contextlib.suppress(OSError):
                 if not want or file_sha256(old) == want:  # never delete what someone changed
                     old.unlink()

@@ -55,10 +55,24 @@ def _legend_below(ax: Any, entries: int) -> None:
               ncols=max(1, min(entries, 4)), frameon=False)
 
 
-def _fraction_axis(ax: Any, top: float = 1.05) -> None:
-    ax.set_ylim(0.0, top)
+def _grid(ax: Any) -> None:
+    """Light horizontal grid lines behind the bars."""
     ax.yaxis.grid(True, color="#e0e0e0", linewidth=0.6)
     ax.set_axisbelow(True)
+
+
+def _fraction_axis(ax: Any, top: float = 1.05) -> None:
+    ax.set_ylim(0.0, top)
+    _grid(ax)
+
+
+def _batch_axes(ax: Any, x: Any, batches: list, ylabel: str, margin: float) -> None:
+    """The x axis of one bar group per batch size, the y label, the grid."""
+    ax.set_xticks(x, [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    _grid(ax)
+    ax.margins(y=margin)
 
 
 # -- visualize: activation rates ------------------------------------------------------------------
@@ -376,12 +390,7 @@ def plot_bench(result: Union[Mapping[str, Any], Iterable[Mapping[str, Any]]],
                           hatch="//" if n > 1 else None, label=f"{name}complete")
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
             slot += 1
-    ax.set_xticks(x, [str(b) for b in batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (img/s)")
-    ax.yaxis.grid(True, color="#e0e0e0", linewidth=0.6)
-    ax.set_axisbelow(True)
-    ax.margins(y=0.15)
+    _batch_axes(ax, x, batches, "throughput (img/s)", 0.15)
     _legend_below(ax, per_group if n > 1 else 2)
     title = series[0]["label"] if n == 1 else ", ".join(s["label"] for s in series)
     ax.set_title(f"Throughput per batch size: DyT vs the complete model\n{title}", fontsize=9)
@@ -410,12 +419,7 @@ def plot_bench(result: Union[Mapping[str, Any], Iterable[Mapping[str, Any]]],
                       colors="#C44E52" if n == 1 else "black", linestyles="--", linewidth=1.4,
                       zorder=3, label="FLOPs ratio" if i == 0 else None)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [str(b) for b in batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("speedup over complete (x)")
-    ax.yaxis.grid(True, color="#e0e0e0", linewidth=0.6)
-    ax.set_axisbelow(True)
-    ax.margins(y=0.2)
+    _batch_axes(ax, x, batches, "speedup over complete (x)", 0.2)
     ax.set_ylim(bottom=0.0)
     _legend_below(ax, n + 1)
     ax.set_title(f"Speedup per batch size (in brackets: share of the FLOPs ratio reached)\n"

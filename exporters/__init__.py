@@ -1,22 +1,24 @@
 """Exporters (installed as ``dyt_edge.exporters``): PyTorch -> ONNX whose token dispatch really
-skips work, ONNX -> OpenVINO IR; validation, graph report and simplification around them.
+skips work, and the builders that turn an export into a deployment artifact per target.
 
-Modules (heavy ones import torch / onnx / openvino; import them where needed):
+Modules (heavy ones import torch / onnx / openvino inside functions):
 
-``formats``       the table of export formats and option checks (torch-free)
 ``pipeline``      :func:`export_checkpoint` / :func:`export_model`: the whole export
 ``torch_onnx``    model -> ONNX (dynamo exporter) and the graph tidy-up
 ``graph_report``  what a graph contains: dispatchers, op census, fp32 gates, TensorRT checks
 ``simplify``      onnxsim / onnxslim with outputs re-checked
 ``validation``    the exported graph against PyTorch, Optimum-style
-``openvino_ir``   ONNX -> OpenVINO IR, the OpenVINO CPU runner
-``tensorrt_gpus``   GPU profiles, GPU detection, the installed TensorRT and the guards between
-                  them (torch- and TensorRT-free)
-``tensorrt_plan``   TensorRT build plans: --batch profiles, trtexec lines, engine metadata and
-                  its checks, which dispatch mode to deploy (torch- and TensorRT-free)
-``tensorrt_engine`` the TensorRT calls of the build (strongly typed network, profile, workspace,
-                  timing cache), kept thin
-``telemetry``     ONNX Runtime's and OpenVINO's telemetry off (done on import of this package)
+``reference``     the PyTorch side of that validation (fp32 and float64, forced gates)
+``formats``       the table of export formats and option checks (torch-free)
+``errors``        export and export-validation errors
+``builder``       the builder contract (options, context, output, :class:`Builder`)
+``registry``      target -> builder, and the target-dependent option checks
+``openvino/``     ONNX -> IR (``ir``) and the OpenVINO builder (``builder``)
+``tensorrt/``     the TensorRT builder (``builder``), its plan (``plan``) and TensorRT calls
+                  (``engine``)
+
+Importing this package switches ONNX Runtime's and OpenVINO's telemetry off
+(:mod:`dyt_edge.runtimes.backends`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .telemetry import disable_telemetry
+from ..runtimes.backends import disable_telemetry
 
+# Before anything below imports onnx tools that may pull onnxruntime or openvino in.
 disable_telemetry()
 
 _LAZY = {

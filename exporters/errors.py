@@ -1,19 +1,15 @@
-"""Errors of the exporters (user-facing, one line each: see :mod:`dyt_edge.errors`)."""
+"""Errors of the exporters (user-facing, one line each: see :mod:`dyt_edge.errors`).
+
+Export's own check of the graph it wrote raises :class:`dyt_edge.errors.ValidationError`, the
+base of the validation errors, re-exported here."""
 
 from __future__ import annotations
 
-from dyt_edge.errors import DytEdgeError
+from dyt_edge.errors import DytEdgeError, ValidationError
 
 
 class ExportError(DytEdgeError):
     """The model could not be exported, simplified or converted."""
 
 
-class ValidationError(DytEdgeError):
-    """The exported graph does not reproduce the PyTorch model within tolerance.
-
-    ``result`` holds the full comparison (every case, every failure)."""
-
-    def __init__(self, message: str, hint: str | None = None, result=None) -> None:
-        super().__init__(message, hint)
-        self.result = result
+__all__ = ["ExportError", "ValidationError"]

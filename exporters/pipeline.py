@@ -15,12 +15,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from dyt_edge import artifacts, output_files
 from dyt_edge._version import __version__
 from dyt_edge.config import DEFAULT_DISPATCH, check_choice
 from dyt_edge.errors import ConfigError, UsageError
+from dyt_edge.progress import Progress
 
 from . import formats
 from .errors import ExportError
@@ -88,8 +89,12 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     cpu_timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def artifact(self) -> artifacts.Artifact:
+        """The exported artifact (its typed manifest: ``.artifact.info``)."""
+        return artifacts.Artifact(self.path, self.manifest)
 
-Progress = Optional[Callable[[str], None]]
+
 
 
 class _Clock:
@@ -137,7 +142,7 @@ def export_checkpoint(checkpoint, output=None, options: Optional[ExportOptions] 
                            else artifacts.default_output_dir(checkpoint), opts)
     clock = _Clock(progress)
     with clock.stage("load"):
-        from dyt_edge.checkpoint import read_checkpoint
+        from dyt_edge.checkpoint import read_checkpoint, training_record
         from dyt_edge.model import build_model
 
         loaded = read_checkpoint(checkpoint, class_names=class_names, **(overrides or {}))
@@ -147,7 +152,7 @@ def export_checkpoint(checkpoint, output=None, options: Optional[ExportOptions] 
     source = {"path": str(Path(loaded.path).resolve()), "sha256": loaded.sha256,
               "format": loaded.format, "layout": loaded.layout,
               "provenance": dict(loaded.provenance),
-              "training": _training_record(loaded.metadata)}
+              "training": training_record(loaded.metadata)}
     return export_model(model, target, opts, source=source, class_names=loaded.class_names,
                         class_names_source=loaded.class_names_source, _clock=clock)
 
@@ -198,21 +203,6 @@ def _staged(target: "output_files.OutputTarget", names: dict[str, str]):
     return artifacts.staged_directory(target.directory)
 
 
-def _training_record(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
-    """What ``dyt-edge train`` recorded in the checkpoint (data, variant, target rate, result),
-    or None for checkpoints it did not write."""
-    if "dyt_edge.training" not in metadata:
-        return None
-    try:
-        record = {"config": json.loads(metadata["dyt_edge.training"])}
-        if "dyt_edge.training_result" in metadata:
-            record["result"] = json.loads(metadata["dyt_edge.training_result"])
-    except ValueError:
-        return None
-    record["data"] = record["config"].get("data")
-    return record
-
-
 def expected_dispatch_problems(report, mode: str) -> list[str]:
     """Dispatchers whose ops do not match what ``mode`` must produce (empty when fine)."""
     problems = []
@@ -231,8 +221,9 @@ def _export(model, target: "output_files.OutputTarget", opts: ExportOptions, fmt
     from .graph_report import analyze
     from .simplify import SimplifyResult, simplify
     from .torch_onnx import export_onnx, tidy_graph
-    from .validation import (Case, OrtRunner, RoundingScale, TorchReference,
-                             generated_images, make_cases, validate)
+    from ..runtimes.ort_runtime import OrtModel
+    from .reference import TorchReference
+    from .validation import Case, RoundingScale, generated_images, make_cases, validate
 
     cfg = model.config
     names = cfg.dispatcher_names
@@ -272,7 +263,7 @@ def _export(model, target: "output_files.OutputTarget", opts: ExportOptions, fmt
     meta = _metadata(cfg, opts, source, report, classes)
     with clock.stage("serialize"):
         if runner is None and not external:
-            runner = OrtRunner(proto)
+            runner = OrtModel(proto)
         onnx_bytes = runner.serialized if runner is not None else b""
 
     validation = None
@@ -314,18 +305,12 @@ def _export(model, target: "output_files.OutputTarget", opts: ExportOptions, fmt
                     artifacts.atomic_write_bytes(onnx_path, [onnx_bytes, _metadata_tail(meta)])
                 files["onnx"] = onnx_path
             if fmt.name == "openvino":
-                from .openvino_ir import OpenVinoRunner, convert
+                from .openvino.ir import OpenVinoRunner, convert_exported
 
                 with clock.stage("openvino"):
-                    biases = {d.name: _initializer(proto, d.gate_bias)
-                              for d in report.dispatchers if d.gate_bias}
-                    placeholder = (None if external
-                                   else _with_placeholder_biases(proto, report))
                     xml = staging / file_names["openvino"]
-                    notes.extend(convert(onnx_bytes, xml, dispatcher_names=names,
-                                         gate_biases=biases,
-                                         placeholder_bytes=placeholder or onnx_bytes,
-                                         metadata=meta))
+                    notes.extend(convert_exported(proto, report, xml, metadata=meta,
+                                                  onnx_bytes=onnx_bytes, external=external))
                     files["openvino"] = xml
                     files["openvino_weights"] = staging / file_names["openvino_weights"]
                 if opts.validate:
@@ -367,27 +352,6 @@ def _check_graph(report, names: list[str], mode: str) -> None:
         bad = next(d for d in report.dispatchers if not d.gate_fp32)
         raise ExportError(f"the gate path of {bad.name} is not fp32 in the graph",
                           "re-run with --debug and report it")
-
-
-def _initializer(proto, name):
-    from onnx import numpy_helper
-
-    return next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == name)
-
-
-def _with_placeholder_biases(proto, report) -> bytes:
-    """The serialised graph with non-zero, distinct gate biases (for OpenVINO's converter)."""
-    import numpy as np
-    import onnx
-
-    from .torch_onnx import set_initializer
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for i, d in enumerate(report.dispatchers):
-        if d.gate_bias:
-            set_initializer(copy, d.gate_bias, np.array([0.25 + 1e-3 * i], np.float32))
-    return copy.SerializeToString()
 
 
 def _metadata(cfg, opts: ExportOptions, source, report,

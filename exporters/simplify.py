@@ -98,12 +98,12 @@ def simplify(model: onnx.ModelProto, dispatcher_names: list[str], check_inputs: 
              atol: float = 1e-4, tools: tuple[str, ...] = TOOLS):
     """Simplify ``model``; return ``(graph to keep, SimplifyResult, runner)``.
 
-    ``runner`` is the :class:`~.validation.OrtRunner` of the kept simplified graph (its
-    serialised bytes and session are reused by validation and the writer), or None when the
-    unsimplified graph is kept. ``model`` itself is left as it was.
+    ``runner`` is the :class:`~dyt_edge.runtimes.ort_runtime.OrtModel` of the kept simplified
+    graph (its serialised bytes and session are reused by validation and the writer), or None
+    when the unsimplified graph is kept. ``model`` itself is left as it was.
     """
     from .torch_onnx import name_dispatch_nodes
-    from .validation import OrtRunner
+    from ..runtimes.ort_runtime import OrtModel
 
     start = time.perf_counter()
     result = SimplifyResult(requested=True, nodes_before=len(model.graph.node))
@@ -112,7 +112,7 @@ def simplify(model: onnx.ModelProto, dispatcher_names: list[str], check_inputs: 
               for d in before.dispatchers if d.gate_bias}
     placeholders = {name: np.full_like(v, 0.25 + 1e-3 * i)
                     for i, (name, v) in enumerate(biases.items())}
-    reference = OrtRunner(model)
+    reference = OrtModel(model)
     ref_outputs = reference.run(check_inputs)
     reference.close()
     del reference
@@ -139,7 +139,7 @@ def simplify(model: onnx.ModelProto, dispatcher_names: list[str], check_inputs: 
             problem = _check_structure(candidate, before, dispatcher_names)
             diff = None
             if not problem:
-                runner = OrtRunner(candidate)
+                runner = OrtModel(candidate)
                 problem, diff = _check_outputs(runner, check_inputs, ref_outputs, atol)
         except Exception as exc:  # noqa: BLE001 - a failing tool means: try the next one
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

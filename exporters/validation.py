@@ -31,19 +31,17 @@ other flip is a failure.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from dyt_edge.data import generated_images
-from dyt_edge.rounding import (FLOOR, TIE_FLOOR, RoundingScale, combine, rounding_scale,
-                               same_decisions)
+from dyt_edge.rounding import (FLOOR, TIE_FLOOR, RoundingScale, same_decisions)
 
 from .errors import ValidationError
+from .reference import TorchReference
 
 DEFAULT_ATOL = FLOOR
 """The floor of the logit tolerance (``--atol``); the tolerance itself follows the model's
@@ -160,198 +158,6 @@ class ValidationResult:
             + (f" (+{more} more failure{'s' if more > 1 else ''})" if more > 0 else ""),
             "the manifest of a --no-validate export shows what was exported; re-run with "
             "--debug for details", result=self)
-
-
-# -- runners ------------------------------------------------------------------------------------
-
-class OrtRunner:
-    """ONNX Runtime (CPU, fp32) on a ModelProto, serialised bytes or a path.
-
-    ``overrides`` (initializer name -> value) give a session where those initializers are
-    replaced (``SessionOptions.add_initializer``). Such sessions run with graph optimisations
-    off: ONNX Runtime 1.32 fuses the gate's MatMul + Add at every optimisation level above
-    ``ORT_DISABLE_ALL`` before the override applies, and then silently ignores it. (The
-    unforced cases run the fully optimised graph users get; a forced case that shows no effect
-    is reported as a failure, never passed.) One session is kept per set of overrides.
-    """
-
-    def __init__(self, model, *, serialized: Optional[bytes] = None,
-                 threads: Optional[int] = None) -> None:
-        import onnxruntime as ort
-
-        self._ort = ort
-        proto = model if hasattr(model, "SerializeToString") else None
-        if serialized is not None:
-            self._model = serialized
-        elif proto is not None:
-            self._model = proto.SerializeToString()
-        else:
-            self._model = model if isinstance(model, (bytes, bytearray)) else str(model)
-        self._dims = ({t.name: tuple(t.dims) for t in proto.graph.initializer}
-                      if proto is not None else {})
-        self._threads = threads
-        self._sessions: dict[tuple, Any] = {}
-        self._keep: list[Any] = []
-        self.name = f"ONNX Runtime {ort.__version__} CPU"
-
-    @property
-    def serialized(self) -> bytes:
-        """The graph as serialised bytes (reads the file when built from a path)."""
-        if isinstance(self._model, (bytes, bytearray)):
-            return bytes(self._model)
-        return Path(self._model).read_bytes()
-
-    def session(self, overrides: Optional[dict[str, float]] = None):
-        key = tuple(sorted((overrides or {}).items()))
-        if key not in self._sessions:
-            ort = self._ort
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            if self._threads:
-                so.intra_op_num_threads = self._threads
-            if key:
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            for name, value in key:
-                arr = np.full(self._dims.get(name, (1,)), value, np.float32)
-                ortvalue = ort.OrtValue.ortvalue_from_numpy(arr)
-                self._keep.append((arr, ortvalue))  # must outlive the session
-                so.add_initializer(name, ortvalue)
-            self._sessions[key] = ort.InferenceSession(
-                self._model, so, providers=["CPUExecutionProvider"])
-        return self._sessions[key]
-
-    def run(self, images: np.ndarray, overrides: Optional[dict[str, float]] = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-        sess = self.session(overrides)
-        names = [o.name for o in sess.get_outputs()]
-        inp = sess.get_inputs()[0].name
-        outs = sess.run(None, {inp: np.ascontiguousarray(images, dtype=np.float32)})
-        by_name = dict(zip(names, outs))
-        return by_name.get("logits", outs[0]), by_name.get("masks", outs[-1])
-
-    def output_names(self) -> list[str]:
-        return [o.name for o in self.session().get_outputs()]
-
-    def close(self) -> None:
-        self._sessions.clear()
-        self._keep.clear()
-
-
-class TorchReference:
-    """The PyTorch model as the reference: logits, masks and the raw gate logits, in fp32 and
-    (:meth:`run64`) in float64.
-
-    Results are memoised per (images, gate bias, mode), so validating a second runtime on the
-    same cases (OpenVINO after ONNX Runtime) does not run the model again. The float64 copy of
-    the model is made on first use and shared."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.mode = model.dispatch_mode
-        self.capacity = model.capacity
-        self._memo: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._model64 = None
-
-    def run(self, images: np.ndarray, gate_bias: Optional[float] = None,
-            mode: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self._memoised(images, gate_bias, mode or self.mode, float64=False)
-
-    def run64(self, images: np.ndarray, gate_bias: Optional[float] = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The model evaluated in float64, in the exported dispatch mode (the rounding
-        reference: the same computation without fp32's rounding): float64 logits, masks and
-        gate logits."""
-        return self._memoised(images, gate_bias, self.mode, float64=True)
-
-    def rounding(self, cases: list["Case"]) -> RoundingScale:
-        """PyTorch fp32's own error against float64 over ``cases`` (every image; gate-logit
-        error only on the unforced cases, whose gate logits are not +-1e4)."""
-        scales = []
-        for case in cases:
-            l32, m32, g32 = self.run(case.images, case.gate_bias)
-            l64, m64, g64 = self.run64(case.images, case.gate_bias)
-            forced = case.gate_bias is not None
-            scales.append(rounding_scale(l32, l64, m32, m64, None if forced else g32,
-                                         None if forced else g64))
-        return combine(scales)
-
-    def _memoised(self, images: np.ndarray, gate_bias: Optional[float], mode: str,
-                  float64: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import hashlib
-
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        key = (hashlib.sha1(images.tobytes()).hexdigest(), images.shape, gate_bias, mode,
-               float64, self.model.dispatch_mode, self.model.capacity)
-        if key not in self._memo:
-            self._memo[key] = self._run(images, gate_bias, mode, float64)
-        return self._memo[key]
-
-    def _float64_model(self):
-        if self._model64 is None:
-            import copy
-
-            self._model64 = copy.deepcopy(self.model).double().eval()
-        return self._model64
-
-    def _run(self, images: np.ndarray, gate_bias: Optional[float], mode: str,
-             float64: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import torch
-
-        model = self._float64_model() if float64 else self.model
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        if float64:
-            x = x.double()
-        switch = (model.dispatching(mode) if mode != model.dispatch_mode
-                  else contextlib.nullcontext())
-        with torch.no_grad(), switch, forced_gates(model, gate_bias), \
-                recorded_gate_logits(model) as gates:
-            logits, masks = model(x, return_masks=True)
-        dtype = np.float64 if float64 else np.float32
-        gate = (torch.stack(gates, dim=1).numpy().astype(dtype) if gates
-                else np.zeros(masks.shape, dtype))
-        return logits.numpy().astype(dtype, copy=False), masks.numpy(), gate
-
-
-@contextlib.contextmanager
-def forced_gates(model, value: Optional[float]) -> Iterator[None]:
-    """Temporarily set every gate bias of a PyTorch DyT model to ``value`` (None: no change)."""
-    if value is None:
-        yield
-        return
-    import torch
-
-    selects = model.token_selects
-    saved = [ts.mlp_head.bias.detach().clone() for ts in selects]
-    try:
-        with torch.no_grad():
-            for ts in selects:
-                ts.mlp_head.bias.fill_(value)
-        yield
-    finally:
-        with torch.no_grad():
-            for ts, b in zip(selects, saved):
-                ts.mlp_head.bias.copy_(b)
-
-
-@contextlib.contextmanager
-def recorded_gate_logits(model) -> Iterator[list]:
-    """Record each gate's fp32 logits [B, P] in call order (= ``masks`` row order)."""
-    records: list = []
-    selects = model.token_selects
-    for ts in selects:
-        original = ts.logits
-
-        def wrapper(x, _original=original):
-            out = _original(x)
-            records.append(out.detach())
-            return out
-
-        ts.logits = wrapper  # instance attribute shadows the method
-    try:
-        yield records
-    finally:
-        for ts in selects:
-            ts.__dict__.pop("logits", None)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -564,15 +370,5 @@ def _compare(case: str, against: str, logits, masks, r_logits, r_masks, r_gate, 
     return diff, mismatches, ties, excluded, failures
 
 
-def check_output_names(names: list[str]) -> None:
-    want = [n for n, _ in OUTPUTS]
-    if names != want:
-        raise ValidationError(f"the graph's outputs are {names}, expected {want}")
-
-
-__all__ = [
-    "Case", "CaseResult", "DEFAULT_ATOL", "OrtRunner", "RoundingScale", "TIE_ATOL",
-    "TorchReference",
-    "ValidationResult", "forced_gates", "generated_images", "make_cases", "recorded_gate_logits",
-    "validate",
-]
+__all__ = ["Case", "CaseResult", "DEFAULT_ATOL", "RoundingScale", "TIE_ATOL", "ValidationResult",
+           "generated_images", "make_cases", "validate"]

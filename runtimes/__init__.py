@@ -19,17 +19,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Optional, Union
 
-from .base import (HINTS, PRECISIONS, RunOutput, Runtime, RuntimeOptions, RuntimeSetupError,
-                   RuntimeUnavailable, canonical_precision)
+from .backends import disable_telemetry
+from ..precisions import PRECISIONS, canonical_precision
+from .base import HINTS, RunOutput, Runtime, RuntimeOptions, RuntimeSetupError, RuntimeUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..artifacts import Artifact
+
+# Off before any backend (or a library that pulls one in) is imported.
+disable_telemetry()
 
 REGISTRY: dict[str, str] = {
     "pytorch": "dyt_edge.runtimes.torch_runtime:TorchRuntime",
     "onnxruntime": "dyt_edge.runtimes.ort_runtime:OrtRuntime",
     "openvino": "dyt_edge.runtimes.openvino_runtime:OpenVinoRuntime",
-    "tensorrt": "dyt_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
+    "tensorrt": "dyt_edge.runtimes.tensorrt.runtime:TensorRTRuntime",
 }
 """target -> "module:Class"."""
 TARGETS = tuple(REGISTRY)
@@ -43,7 +47,7 @@ def runtime_class(target: str) -> type[Runtime]:
     return getattr(importlib.import_module(module), cls)
 
 
-def open_runtime(target: str, artifact: Union["Artifact", str], 
+def open_runtime(target: str, artifact: Union["Artifact", str],
                  options: Optional[RuntimeOptions] = None) -> Runtime:
     """Load ``artifact`` (an :class:`~dyt_edge.artifacts.Artifact` or a path) on ``target``."""
     from ..artifacts import Artifact, load_artifact

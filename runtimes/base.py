@@ -17,9 +17,8 @@ Contract
   effect* (read back from the backend, never assumed), hint, streams, the model file.
 * ``close()`` releases the backend's resources; runtimes are context managers.
 
-Precisions are spelled ``fp32`` / ``fp16`` / ``bf16`` / ``int8`` everywhere (``f32``, ``f16``
-and the like are accepted as aliases). ``int8`` is a property of a *built* artifact (an
-INT8-quantized model); the others are how a runtime executes a float model.
+Precisions are named as in :mod:`dyt_edge.precisions` (``fp32`` / ``fp16`` / ``bf16`` /
+``int8``, aliases accepted).
 """
 
 from __future__ import annotations
@@ -33,15 +32,8 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..errors import DytEdgeError, UsageError
+from ..precisions import canonical_precision
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32",
-            "f16": "fp16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
-            "bf16": "bf16", "bfloat16": "bf16",
-            "int8": "int8", "i8": "int8", "u8": "int8",
-            # Not a deployment precision: the PyTorch reference in float64, the yardstick of
-            # fp32's own rounding (dyt_edge.rounding).
-            "fp64": "fp64", "float64": "fp64", "f64": "fp64"}
 HINTS = ("latency", "throughput")
 
 
@@ -52,18 +44,6 @@ class RuntimeUnavailable(DytEdgeError):
 class RuntimeSetupError(DytEdgeError):
     """The backend is present but cannot run this artifact as asked (wrong kind of artifact,
     a precision the device cannot do, ...)."""
-
-
-def canonical_precision(value: str) -> str:
-    """``fp32`` / ``fp16`` / ``bf16`` / ``int8`` for any accepted spelling; a one-line error
-    (naming the choices) otherwise."""
-    key = str(value).strip().lower()
-    if key not in _ALIASES:
-        from ..config import closest
-
-        raise UsageError(f"unknown precision '{value}'",
-                         f"{closest(key, PRECISIONS)}choose one of: {', '.join(PRECISIONS)}")
-    return _ALIASES[key]
 
 
 @dataclass(frozen=True)
@@ -128,6 +108,8 @@ class Runtime(ABC):
 
     def __init__(self, artifact: Artifact, options: Optional[RuntimeOptions] = None) -> None:
         self.artifact = artifact
+        self.info = artifact.info
+        """The typed manifest (:class:`dyt_edge.manifest.Manifest`)."""
         self.options = (options or RuntimeOptions()).checked()
         # In the order a user can act on: the flags, the backend being installed, the artifact
         # being one this target runs, then the precision.
@@ -162,7 +144,7 @@ class Runtime(ABC):
         (which command makes the right artifact)."""
         if self.kind is None:
             return
-        files = self.artifact.manifest.get("files", {})
+        files = self.info.files
         if self.kind not in files:
             holds = ", ".join(k for k in files
                               if not k.endswith(("_weights", "_metadata"))) or "nothing"
@@ -174,10 +156,10 @@ class Runtime(ABC):
     def model_file(self, kind: Optional[str] = None) -> Path:
         """The artifact's model file of ``kind`` (default :attr:`kind`), which must exist."""
         kind = kind or self.kind
-        info = self.artifact.manifest.get("files", {}).get(kind)
-        if not info or "path" not in info:
+        entry = self.info.files.get(kind)
+        if entry is None:
             raise RuntimeSetupError(f"artifact {self.artifact.path} has no {kind} model")
-        path = self.artifact.path / info["path"]
+        path = self.artifact.path / entry.path
         if not path.is_file():
             raise RuntimeSetupError(f"artifact {self.artifact.path} is incomplete: {path.name} "
                                     "is missing", "re-create it (export or build again)")
@@ -186,7 +168,7 @@ class Runtime(ABC):
     def resolve_precision(self, requested: Optional[str]) -> str:
         """The precision to run: the request, else the artifact's built precision, else fp32;
         refused (:class:`RuntimeSetupError`) when this runtime or artifact cannot do it."""
-        built = self.artifact.manifest.get("build", {}).get("precision")
+        built = self.info.built_precision
         precision = requested or built or "fp32"
         if precision not in self.precisions:
             raise RuntimeSetupError(
@@ -209,13 +191,12 @@ class Runtime(ABC):
 
     @property
     def input_size(self) -> int:
-        return int(self.artifact.manifest["model"]["img_size"])
+        return self.info.img_size
 
     @property
     def static_batch(self) -> Optional[int]:
         """The one batch size a static-batch artifact accepts (None: any)."""
-        b = self.artifact.manifest.get("batch", "dynamic")
-        return None if b in (None, "dynamic") else int(b)
+        return self.info.batch
 
     def check_batch(self, images: np.ndarray) -> np.ndarray:
         """``images`` as contiguous float32 [B, 3, H, W], with a clear error on a shape the

@@ -22,17 +22,23 @@ Timing hooks: :meth:`OpenVinoRuntime.prepare` binds the input to one infer reque
 (``start_async`` + ``wait``: no input copy, no output conversion); :meth:`throughput` keeps
 ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests in flight on an ``AsyncInferQueue`` (what
 ``benchmark_app`` does in throughput mode).
+
+:class:`OpenVinoModel` compiles a model that is not (yet) an artifact (an ``openvino.Model`` or
+an IR path) the same explicit way: the exporter's validation, the INT8 builder's checks and the
+benchmark scripts run OpenVINO through it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .base import (RunOutput, Runtime, RuntimeSetupError, RuntimeUnavailable, as_masks,
-                   canonical_precision, file_facts)
+from .backends import OPENVINO_INSTALL
+from .base import (RunOutput, Runtime, RuntimeSetupError, as_masks, canonical_precision,
+                   file_facts)
 
 HINT_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 """Our precision -> OpenVINO ``INFERENCE_PRECISION_HINT``."""
@@ -42,34 +48,107 @@ _OURS = {v: k for k, v in HINT_TYPES.items()}
 _PERF_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
+def hint_of(compiled: Any) -> str:
+    """The ``INFERENCE_PRECISION_HINT`` a compiled model runs at (``f32``, ``bf16``, ...)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def outputs_by_name(result: Any) -> dict[str, np.ndarray]:
+    """An infer result (port -> value) by output name."""
+    out = {}
+    for port, value in result.items():
+        for name in port.get_names():
+            out[name] = np.asarray(value)
+    return out
+
+
+class OpenVinoModel:
+    """An OpenVINO model (``openvino.Model`` or IR path) compiled on ``device`` with
+    ``INFERENCE_PRECISION_HINT`` = ``hint`` set explicitly (OpenVINO's own default is bf16 on
+    CPUs that have it) and checked after compiling.
+
+    ``variant(key, edit)`` compiles a variant of the model: ``edit`` changes a fresh copy (read
+    again from the IR, or cloned) before compiling; one compiled model is kept per ``key``.
+    """
+
+    def __init__(self, model: Any, *, hint: str = "f32", device: str = "CPU",
+                 config: Optional[dict[str, Any]] = None, core: Any = None) -> None:
+        from .backends import import_openvino
+
+        self.ov = import_openvino()
+        self.core = core or self.ov.Core()
+        self._source = model
+        self.hint = hint
+        self.device = device
+        self.config = {"INFERENCE_PRECISION_HINT": hint, **(config or {})}
+        self._compiled: dict[Any, Any] = {}
+        self.name = f"OpenVINO {self.ov.get_version().split('-')[0]} {device} {hint}"
+
+    def read(self) -> Any:
+        """A fresh copy of the model."""
+        if isinstance(self._source, (str, Path)):
+            return self.core.read_model(str(self._source))
+        return self._source.clone()
+
+    def variant(self, key: Any = None, edit: Optional[Callable[[Any], None]] = None) -> Any:
+        if key not in self._compiled:
+            model = self._source if edit is None and not isinstance(
+                self._source, (str, Path)) else self.read()
+            if edit is not None:
+                edit(model)
+            compiled = self.core.compile_model(model, self.device, self.config)
+            got = hint_of(compiled)
+            if got != self.hint:
+                raise RuntimeSetupError(f"OpenVINO compiled the model at {got}, not the "
+                                        f"{self.hint} asked for", "choose another precision")
+            self._compiled[key] = compiled
+        return self._compiled[key]
+
+    @property
+    def compiled(self) -> Any:
+        return self.variant()
+
+    def outputs(self, images: np.ndarray, key: Any = None,
+                edit: Optional[Callable[[Any], None]] = None) -> dict[str, np.ndarray]:
+        """Every output of one run, by name."""
+        return outputs_by_name(self.variant(key, edit)(np.ascontiguousarray(images,
+                                                                            dtype=np.float32)))
+
+    def run(self, images: np.ndarray, key: Any = None,
+            edit: Optional[Callable[[Any], None]] = None
+            ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(logits, masks) of one run; masks None when the model has no ``masks`` output."""
+        values = self.outputs(images, key, edit)
+        masks = values.get("masks")
+        return values["logits"], None if masks is None else as_masks(masks)
+
+    def close(self) -> None:
+        self._compiled.clear()
+
+
 class OpenVinoRuntime(Runtime):
     target = "openvino"
     kind = "openvino"
     precisions = ("fp32", "bf16", "fp16", "int8")
-    install = "pip install openvino"
+    install = OPENVINO_INSTALL
 
     @classmethod
     def import_backend(cls) -> Any:
-        from dyt_edge.exporters.telemetry import disable_openvino_telemetry
+        from .backends import import_openvino
 
-        disable_openvino_telemetry()
-        try:
-            import openvino
-        except ImportError as exc:
-            raise RuntimeUnavailable("OpenVINO is not installed", cls.install) from exc
-        return openvino
+        return import_openvino()
 
     def check_artifact(self) -> None:
-        files = self.artifact.manifest.get("files", {})
-        if "openvino" in files:
+        if "openvino" in self.info.files:
             return
-        build = self.artifact.manifest.get("build") or {}
+        build = self.info.build
         path = self.artifact.path
-        if build.get("target") not in (None, "openvino"):
+        if build is not None and build.target != "openvino":
             raise RuntimeSetupError(
-                f"artifact {path} is a {build.get('target')} build and has no OpenVINO IR",
+                f"artifact {path} is a {build.target} build and has no OpenVINO IR",
                 f"pass the export it was built from, e.g. `dyt-edge build --target openvino "
-                f"{(path / build['parent']).resolve() if build.get('parent') else 'EXPORT'}`")
+                f"{(path / build.parent).resolve() if build.parent else 'EXPORT'}`")
         raise RuntimeSetupError(
             f"artifact {path} has no OpenVINO IR",
             f"run `dyt-edge build --target openvino {path}` or export with --format openvino")
@@ -111,8 +190,8 @@ class OpenVinoRuntime(Runtime):
                 f"choose one of: {', '.join(have) or 'none'}")
 
         self.xml = self.model_file("openvino")
-        weights = self.artifact.manifest.get("files", {}).get("openvino_weights")
-        self.bin = self.model_file("openvino_weights") if weights else self.xml.with_suffix(".bin")
+        self.bin = (self.model_file("openvino_weights") if "openvino_weights" in self.info.files
+                    else self.xml.with_suffix(".bin"))
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint,
                                   "PERFORMANCE_HINT": _PERF_HINTS[opts.hint]}
         if opts.streams is not None:

@@ -63,7 +63,9 @@ class TorchRuntime(Runtime):
         if isinstance(info, Artifact):
             art = info
         else:
-            manifest = dict(info or {})
+            from ..artifacts import new_manifest
+
+            manifest = new_manifest(**dict(info or {}))
             manifest.setdefault("model", model.config.to_dict())
             manifest.setdefault("dispatch", {"mode": model.dispatch_mode,
                                              "capacity": model.capacity})
@@ -128,8 +130,8 @@ class TorchRuntime(Runtime):
         from ..config import check_choice
         from ..errors import ConfigError
 
-        dispatch = self.artifact.manifest.get("dispatch") or {}
-        mode = self.options.dispatch or dispatch.get("mode") or "topk"
+        dispatch = self.info.dispatch
+        mode = self.options.dispatch or dispatch.mode
         try:
             from ..model import DISPATCH_MODES
 
@@ -139,8 +141,8 @@ class TorchRuntime(Runtime):
         capacity = None
         if mode == "capacity":
             capacity = self.options.extra.get("capacity")
-            if capacity is None and dispatch.get("mode") == "capacity":
-                capacity = dispatch.get("capacity")
+            if capacity is None and dispatch.mode == "capacity":
+                capacity = dispatch.capacity
             if capacity is None:
                 raise UsageError("dispatch mode capacity needs a capacity",
                                  "the artifact records none: pass extra capacity=C, C in (0, 1]")
@@ -149,8 +151,7 @@ class TorchRuntime(Runtime):
     def _checked_checkpoint(self) -> Path:
         from ..checkpoint import file_sha256
 
-        source = self.artifact.manifest.get("source") or {}
-        path, want = source.get("path"), source.get("sha256")
+        path, want = self.info.source.path, self.info.source.sha256
         if not path:
             raise RuntimeSetupError(
                 f"artifact {self.artifact.path} records no checkpoint (it was exported from an "
@@ -173,7 +174,7 @@ class TorchRuntime(Runtime):
         from ..checkpoint import load_model
         from ..config import DyTConfig
 
-        recorded = self.artifact.manifest.get("model")
+        recorded = self.info.model
         overrides: dict[str, Any] = {}
         if recorded:
             known = {f.name for f in dataclasses.fields(DyTConfig)}

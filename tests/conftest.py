@@ -1,119 +1,25 @@
-"""Shared fixtures: tiny DyT models the tests build themselves (no downloads)."""
+"""Shared fixtures: a tiny DyT export made once per session, torch on one thread, the digits
+demo model for the slow tests, machines with or without (a fake) TensorRT, and the ONNX graphs
+the TensorRT conversions are tested on. The helpers tests import are in ``helpers/``, the
+fakes in ``fakes/``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dyt_edge.config import DyTConfig
-
-
-def tiny_config(**changes) -> DyTConfig:
-    """A DyT small enough for fast tests: 32x32 images, patch 8 (16 patch tokens), width 32."""
-    base = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5,
-                adapter_dim=8, adapter_scale=0.5)
-    base.update(changes)
-    return DyTConfig(**base).validate()
-
-
-def randomize_dyt(model: torch.nn.Module, *, seed: int = 0, gate_std: float = 0.3,
-                  gate_bias: float = 0.0) -> torch.nn.Module:
-    """Give adapters and gates non-trivial weights (they initialise to zero / near zero), so
-    that dispatch decisions are mixed and adapter outputs are non-zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adaptmlp" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for ts in model.token_selects:
-            ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * gate_std)
-            ts.mlp_head.bias.fill_(gate_bias)
-    return model
-
-
-def controlled_model(variant: str = "mlp", adapter_kind: str = "adapter",
-                     depth: int = 3) -> torch.nn.Module:
-    """A tiny DyT whose gates follow the image: channel 0 of every token carries 50x the mean of
-    its patch's pixels, and each gate reads channel 0 alone. A bright image activates every
-    patch token, a dark one none, noise a mix, so a batch can hold all three (`mixed_batch`).
-    Export time grows with ``depth``."""
-    from dyt_edge.model import build_model
-
-    model = build_model(tiny_config(variant=variant, adapter_kind=adapter_kind, depth=depth))
-    randomize_dyt(model, seed=1)
-    with torch.no_grad():
-        w = model.patch_embed.proj.weight
-        w[0] = 50.0 / w[0].numel()
-        model.patch_embed.proj.bias[0] = 0.0
-        for ts in model.token_selects:
-            ts.mlp_head.weight.zero_()
-            ts.mlp_head.weight[0, 0] = 1.0
-            ts.mlp_head.bias.zero_()
-    return model
-
-
-def mixed_batch(batch: int, seed: int = 0) -> torch.Tensor:
-    """Images cycling through: all-dark (no patch active), all-bright (all active), noise."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 32, 32, generator=g)
-    for i in range(batch):
-        if i % 3 == 0:
-            images[i] = -images[i].abs() - 0.5
-        elif i % 3 == 1:
-            images[i] = images[i].abs() + 0.5
-    return images
-
-
-def saved(tmp: Path, model, name: str) -> Path:
-    """``model`` saved as ``tmp/<name>.safetensors``."""
-    from dyt_edge.checkpoint import save_model
-
-    return save_model(model, tmp / f"{name}.safetensors")
-
-
-# -- image data the tests write themselves --------------------------------------------------------
-
-def write_npz(path: Path, n: int, *, labels: bool = True, size: int = 32, classes: int = 5,
-              seed: int = 0) -> Path:
-    """An .npz of ``n`` random uint8 HWC images (and labels)."""
-    rng = np.random.default_rng(seed)
-    arrays = {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
-    if labels:
-        arrays["labels"] = np.arange(n) % classes
-    np.savez(path, **arrays)
-    return path
-
-
-def write_folder(root: Path, good: int, corrupt: int = 0, sizes=((32, 32),),
-                 classes: int = 2) -> Path:
-    """An ImageFolder: ``good`` PNGs of the given sizes (cycled) and ``corrupt`` broken files."""
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for i in range(good):
-        w, h = sizes[i % len(sizes)]
-        d = root / f"class{i % classes}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    for i in range(corrupt):
-        d = root / f"class{i % classes}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return root
-
-
-TINY_NAMES = ["blocks.0.mlp", "blocks.1.mlp"]
-"""The dispatchers of `tiny_ov_export`."""
+from .helpers import randomize_dyt, tiny_config
 
 
 @pytest.fixture(scope="session")
 def tiny_ov_export(tmp_path_factory) -> Path:
-    """A depth-2 tiny DyT (16 patch tokens, mixed gate decisions) exported once per session with
-    --format openvino (model.onnx + model.xml). Shared: tests that write into an export work on
-    a copy."""
+    """A depth-2 tiny DyT (16 patch tokens, mixed gate decisions; dispatchers
+    ``helpers.TINY_NAMES``) exported once per session with --format openvino (model.onnx +
+    model.xml). Shared: tests that write into an export work on a copy."""
     from dyt_edge.checkpoint import save_model
     from dyt_edge.exporters.pipeline import ExportOptions, export_checkpoint
     from dyt_edge.model import build_model
@@ -133,11 +39,6 @@ def tiny_ov_work(tmp_path, tiny_ov_export) -> Path:
     dst = tmp_path / "export"
     shutil.copytree(tiny_ov_export, dst)
     return dst
-
-
-@pytest.fixture
-def tiny():
-    return tiny_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -160,24 +61,89 @@ def digits_demo_model(tmp_path_factory):
     return path, result
 
 
-# -- the command line, as users run it ----------------------------------------------------------
+# -- TensorRT machines --------------------------------------------------------------------------
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run ``dyt-edge ARGS`` in-process: (exit code, stdout, stderr)."""
-    from dyt_edge.cli import main
+@pytest.fixture
+def bare_machine(monkeypatch):
+    """This machine as CI sees it: no GPU, no TensorRT (whatever the real machine has)."""
+    from dyt_edge.runtimes.tensorrt import gpus, install
 
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    monkeypatch.setattr(gpus, "detect_gpus", lambda: [])
+    monkeypatch.setattr(install, "find_tensorrt", lambda import_module=True: None)
 
 
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    """A failure reported as one ``error: ...`` line holding every needle, with no traceback;
-    returns the line."""
-    assert code != 0
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """`fakes.tensorrt.fake_tensorrt` installed as ``tensorrt`` (the only TensorRT found: no pip
+    metadata is read). Tests name the GPU present by patching ``gpus.detect_gpus``."""
+    from dyt_edge.runtimes.tensorrt import install
+
+    from .fakes.tensorrt import fake_tensorrt
+
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(install, "_distributions", lambda: [])
+    return trt
+
+
+# -- ONNX graphs for the TensorRT conversions ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory) -> dict[str, Path]:
+    """One tiny DyT (depth 2, 16 patch tokens, mixed gate decisions) exported in the ``topk`` and
+    ``capacity`` dispatch modes: {mode: export directory}. Its classifier head is scaled up so
+    that the logits are a few units apart: top-1 agreement then measures a conversion, not ties
+    between the classes of a random model."""
+    from dyt_edge.exporters.pipeline import ExportOptions, export_model
+    from dyt_edge.model import build_model
+
+    base = tmp_path_factory.mktemp("trt-onnx")
+    with torch.random.fork_rng(devices=[]):  # the same weights whichever tests ran before
+        torch.manual_seed(1)
+        model = randomize_dyt(build_model(tiny_config(depth=2)), seed=1).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(60.0)
+    out = {}
+    for mode, capacity in (("topk", None), ("capacity", 0.5)):
+        export_model(model, base / mode, ExportOptions(dispatch=mode, capacity=capacity,
+                                                       validate=False))
+        out[mode] = base / mode
+    return out
+
+
+@pytest.fixture(scope="session")
+def blob_images() -> np.ndarray:
+    """Digits-shaped stand-ins: smooth blobs on a dark background, normalised to [-1, 1]."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    out = []
+    for _ in range(96):
+        cy, cx, r = rng.uniform(0.25, 0.75, 2).tolist() + [rng.uniform(0.1, 0.3)]
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img = np.clip(blob + rng.normal(0, 0.05, blob.shape), 0, 1)
+        out.append(np.stack([img * rng.uniform(0.6, 1.0) for _ in range(3)]))
+    return (np.asarray(out, dtype=np.float32) - 0.5) / 0.5
+
+
+@pytest.fixture(scope="session")
+def fp16_topk(onnx_exports):
+    """The ``topk`` export converted to FP16: (model, report). Tests that edit it work on a
+    copy."""
+    from dyt_edge.calibration.onnx_fp16 import to_fp16
+
+    from .helpers.onnx import dispatcher_names, load
+
+    return to_fp16(load(onnx_exports, "topk"),
+                   dispatcher_names=dispatcher_names(onnx_exports, "topk"))
+
+
+@pytest.fixture(scope="session")
+def int8_topk(onnx_exports, blob_images):
+    """The ``topk`` export converted to INT8 Q/DQ, calibrated on 48 `blob_images`: (model,
+    report). Tests that edit it work on a copy."""
+    from dyt_edge.calibration.onnx_qdq import to_qdq_int8
+
+    from .helpers.onnx import dispatcher_names, load
+
+    return to_qdq_int8(load(onnx_exports, "topk"), blob_images[:48],
+                       dispatcher_names=dispatcher_names(onnx_exports, "topk"))

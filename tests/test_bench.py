@@ -1,5 +1,7 @@
-"""`dyt-edge bench`: the statistics, the ratios, the complete-model baseline and its cache, the
-activation measured on DATA, and bad input.
+"""`dyt-edge bench` end to end (:mod:`dyt_edge.bench.run`): the result and its JSON, the
+complete-model baseline and its cache, the activation measured on DATA, and bad input. The
+statistics, the plan of runs, the timer and the activation arithmetic have their own test
+modules (test_bench_stats, test_bench_plan, test_bench_timer, test_bench_activation).
 
 One tiny export (OpenVINO IR + ONNX, no validation, to keep it quick) is made for the module and
 benchmarked for a few hundredths of a second per batch size: these tests check what is measured
@@ -9,7 +11,6 @@ and how it is reported, never how fast anything is.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -18,107 +19,11 @@ import pytest
 import torch
 
 from dyt_edge import artifacts
-from dyt_edge.bench import (MIN_ITERATIONS, SCHEMA, SCHEMA_VERSION, BatchResult, LatencyStats,
-                            Measurement, batch_max_rates, bench_artifact, interleave,
-                            latency_stats, padding_notes, parse_batches, percentile, schedule)
-from dyt_edge.errors import UsageError
+from dyt_edge.bench import MIN_ITERATIONS, SCHEMA, SCHEMA_VERSION, bench_artifact
 
-from .conftest import assert_one_line_error, cli, controlled_model, saved
+from .helpers import assert_one_line_error, cli, controlled_model, saved
 
 FAST = dict(duration=0.05, warmup=0.01, threads=1)
-
-
-# -- statistics and arithmetic (no model) -------------------------------------------------------
-
-def test_latency_stats_on_known_numbers():
-    ms = list(range(1, 101))  # 1..100 ms
-    random.Random(0).shuffle(ms)
-    s = latency_stats([v / 1e3 for v in ms])
-    assert s.count == 100
-    assert s.mean == pytest.approx(50.5)
-    assert (s.min, s.max) == pytest.approx((1.0, 100.0))
-    assert (s.p50, s.p90, s.p99) == pytest.approx((50.0, 90.0, 99.0))
-
-    s = latency_stats([0.004, 0.001, 0.003, 0.002])
-    assert s.mean == pytest.approx(2.5)
-    assert (s.p50, s.p90, s.p99) == pytest.approx((2.0, 4.0, 4.0))
-
-    one = latency_stats([0.007])
-    assert one.p50 == one.p99 == one.min == one.max == pytest.approx(7.0)
-    with pytest.raises(ValueError):
-        latency_stats([])
-
-
-def test_percentile_is_nearest_rank():
-    values = [float(v) for v in range(1, 11)]
-    assert percentile(values, 90) == 9.0   # 90% of 10 values: the 9th
-    assert percentile(values, 91) == 10.0  # more than 9 values needed: the 10th
-    assert percentile(values, 10) == 1.0
-    assert percentile(values, 100) == 10.0
-    with pytest.raises(ValueError):
-        percentile(values, 0)
-
-
-def test_speedup_flops_ratio_and_efficiency_arithmetic():
-    lat = LatencyStats(1, 1, 1, 1, 1, 1, 1)
-    dyt = Measurement(batch=4, latency=lat, iterations=10, wall_s=2.0)       # 20 img/s
-    complete = Measurement(batch=4, latency=lat, iterations=5, wall_s=2.0)   # 10 img/s
-    assert dyt.images == 40 and dyt.images_per_s == pytest.approx(20.0)
-    assert dyt.ms_per_image == pytest.approx(50.0)
-    r = BatchResult(batch=4, dyt=dyt, complete=complete, flops_ratio=4.0)
-    assert r.speedup == pytest.approx(2.0)
-    assert r.efficiency == pytest.approx(0.5)
-    d = r.to_dict()
-    assert d["speedup"] == pytest.approx(2.0) and d["efficiency"] == pytest.approx(0.5)
-    assert d["dyt"]["images_per_s"] == pytest.approx(20.0)
-    alone = BatchResult(batch=4, dyt=dyt, complete=None, flops_ratio=4.0)
-    assert alone.speedup is None and alone.efficiency is None
-    assert alone.to_dict()["complete"] is None
-
-
-def test_batch_max_rates_is_what_data_dependent_k_computes():
-    rates = np.array([[0.0, 0.0], [1.0, 0.5], [0.5, 0.25], [0.0, 0.0]])
-    # batches of 2: maxima [1, .5] and [.5, .25] -> mean [.75, .375]
-    assert batch_max_rates(rates, 2) == (pytest.approx([0.75, 0.375]), 2)
-    assert batch_max_rates(rates, 1) == (pytest.approx([0.375, 0.1875]), 4)  # the mean
-    assert batch_max_rates(rates, 3) == (pytest.approx([1.0, 0.5]), 1)      # partial dropped
-    assert batch_max_rates(rates, 8) == (pytest.approx([1.0, 0.5]), 1)      # fewer than B
-
-
-def _activation(dispatch, names, mean, batch_max):
-    return {"dispatch": dispatch, "dispatchers": names, "mean": mean,
-            "batch_max": {str(b): {"mean": v} for b, v in batch_max.items()}}
-
-
-def test_padding_note_recommends_pack_only_where_topk_pays_the_batch_maximum():
-    mlp = ["blocks.0.mlp", "blocks.1.mlp"]
-    busy = _activation("topk", mlp, 0.47, {1: 0.47, 32: 0.98})
-    [note] = padding_notes(busy)
-    assert "98% of the tokens at batch 32" in note and "47%" in note
-    assert "--dispatch pack" in note
-    # pack computes the mean already; close to the mean at batch 32 there is nothing to say
-    assert padding_notes(_activation("pack", mlp, 0.47, {1: 0.47, 32: 0.47})) == []
-    assert padding_notes(_activation("topk", mlp, 0.47, {1: 0.47, 32: 0.52})) == []
-    # batch 1 is never padded; attention-only dispatch has no packed form; no masks, no note
-    assert padding_notes(_activation("topk", mlp, 0.3, {1: 0.9})) == []
-    assert padding_notes(_activation("topk", ["blocks.0.attn"], 0.3, {32: 0.9})) == []
-    assert padding_notes(None) == []
-
-
-def test_chunks_alternate_so_each_model_goes_first_equally_often():
-    assert interleave(["dyt", "complete"], 4) == [
-        (0, "dyt"), (0, "complete"), (1, "complete"), (1, "dyt"),
-        (2, "dyt"), (2, "complete"), (3, "complete"), (3, "dyt")]
-    assert schedule(5.0) == (5, pytest.approx(1.0))
-    assert schedule(0.05) == (2, pytest.approx(0.025))  # at least two chunks each
-    assert schedule(0.0)[0] == 2
-
-
-def test_batch_sizes_parse_or_fail_clearly():
-    assert parse_batches("1, 8,8,32") == (1, 8, 32)
-    for bad in ("1,x", "0", "-1", "", "1.5", "1,,2"):
-        with pytest.raises(UsageError):
-            parse_batches(bad)
 
 
 # -- a tiny export and real images --------------------------------------------------------------
@@ -236,18 +141,6 @@ def test_activation_and_flops_come_from_the_runtime_masks_on_data(ov_bench, exp)
     assert d["results"][1]["batch_max_activation"] == pytest.approx(1.0)
     assert d["results"][1]["computed_gflops"] == pytest.approx(
         model_flops(config, [1.0, 1.0]).gflops)
-
-
-def test_each_mode_is_charged_what_it_computes():
-    from dyt_edge.bench import computed_rates
-
-    per_image = np.array([[1.0, 0.5], [0.0, 0.5], [0.5, 0.5], [0.5, 0.0]])
-    manifest = {"dispatch": {"capacity_slots": [3, 3]}, "model": {"img_size": 32,
-                                                                  "patch_size": 8}}
-    assert computed_rates("pack", per_image, 2, manifest)[0] == pytest.approx([0.5, 0.375])
-    assert computed_rates("topk", per_image, 2, manifest)[0] == pytest.approx([0.75, 0.5])
-    assert computed_rates("capacity", per_image, 2, manifest)[0] == pytest.approx([3 / 16] * 2)
-    assert computed_rates("complete", per_image, 2, manifest)[0] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("kind,rate", [("dark", 0.0), ("bright", 1.0)])

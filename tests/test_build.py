@@ -13,8 +13,8 @@ import pytest
 
 from dyt_edge.artifacts import MANIFEST_NAME, load_artifact
 
-from .conftest import TINY_NAMES as NAMES
-from .conftest import assert_one_line_error, cli, write_folder, write_npz
+from .helpers import TINY_NAMES as NAMES
+from .helpers import assert_one_line_error, cli, write_folder, write_npz
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -24,15 +24,15 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def ov():
-    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.runtimes.backends import import_openvino
 
     return import_openvino()
 
 
 def run_f32(xml: Path, x: np.ndarray):
-    from dyt_edge.calibration.openvino_int8 import compile_f32, outputs_by_name
+    from dyt_edge.runtimes.openvino_runtime import OpenVinoModel
 
-    out = outputs_by_name(compile_f32(ov().Core().read_model(str(xml)))(x))
+    out = OpenVinoModel(xml, hint="f32").outputs(x)
     return out["logits"], out["masks"].astype(bool)
 
 
@@ -139,9 +139,9 @@ def test_an_export_without_ir_is_converted_from_onnx(work):
     np.testing.assert_array_equal(masks, ref_masks.astype(bool))
     # the gates' real biases are back (the converter drops `x + 0`; the build reuses the
     # exporter's placeholder trick)
-    from dyt_edge.exporters.openvino_ir import _gate_adds
+    from dyt_edge.exporters.openvino.ir import gate_adds
 
-    assert set(_gate_adds(ov().Core().read_model(str(result.path / "model.xml")), NAMES)) == \
+    assert set(gate_adds(ov().Core().read_model(str(result.path / "model.xml")), NAMES)) == \
         set(NAMES)
 
 
@@ -337,7 +337,8 @@ def test_an_interrupted_build_leaves_nothing(work, npz, monkeypatch):
 
 
 def test_tensorrt_slot_is_in_the_builder_registry():
-    from dyt_edge.build import BUILDERS, TARGETS, Builder, get_builder
+    from dyt_edge.exporters.builder import Builder
+    from dyt_edge.exporters.registry import BUILDERS, TARGETS, get_builder
 
     assert TARGETS == ("openvino", "tensorrt")
     for target in BUILDERS:
@@ -373,7 +374,7 @@ def test_int8_keeps_the_dispatch_path_float_for_every_variant(tmp_path, npz, var
     from dyt_edge.exporters.pipeline import ExportOptions, export_checkpoint
     from dyt_edge.model import build_model
 
-    from .conftest import randomize_dyt, tiny_config
+    from .helpers import randomize_dyt, tiny_config
 
     model = randomize_dyt(build_model(tiny_config(depth=2, variant=variant,
                                                   adapter_kind=adapter)), seed=1)

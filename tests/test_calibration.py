@@ -6,17 +6,18 @@ The export is made once per session (conftest's ``tiny_ov_export``).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dyt_edge import artifacts
 from dyt_edge.artifacts import ArtifactError
 from dyt_edge.errors import DataError, UsageError
+from dyt_edge.manifest import Manifest
 
-from .conftest import TINY_NAMES as NAMES
-from .conftest import write_folder, write_npz
+from .helpers import TINY_NAMES as NAMES
+from .helpers import write_folder, write_npz
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,12 @@ def export(tiny_ov_export) -> Path:
 
 
 @pytest.fixture(scope="module")
-def manifest(export) -> dict:
-    return json.loads((export / "dyt_edge.json").read_text())
+def manifest(export) -> Manifest:
+    return artifacts.load_artifact(export).info
 
 
 def ov_model(export: Path):
-    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.runtimes.backends import import_openvino
 
     return import_openvino().Core().read_model(str(export / "model.xml"))
 
@@ -57,13 +58,11 @@ def test_npz_calibration_keeps_size_labels_and_preprocessing(tmp_path, manifest)
 
 def test_digits_calibration_uses_the_training_split(manifest):
     from dyt_edge.calibration.data import load_calibration
-    from dyt_edge.config import Preprocessing
     from dyt_edge.data import load_images
 
     calib = load_calibration("digits", manifest, 50)
     assert calib.split == "train" and len(calib) == 50
-    test = load_images("digits", Preprocessing.from_dict(manifest["preprocessing"]),
-                       split="test").images.numpy()
+    test = load_images("digits", manifest.preprocessing(), split="test").images.numpy()
     flat_test = {x.tobytes() for x in test}
     assert not any(x.tobytes() in flat_test for x in calib.images)
 
@@ -119,14 +118,14 @@ def test_size_and_preprocessing_are_checked(tmp_path, manifest):
     spec = str(write_npz(tmp_path / "c.npz", 20))
     with pytest.raises(UsageError, match="--calib-size"):
         load_calibration(spec, manifest, 0)
-    bad = copy.deepcopy(manifest)
+    bad = copy.deepcopy(dict(manifest.raw))
     bad["preprocessing"]["crop"] = bad["preprocessing"]["resize"] = 48
     bad["preprocessing"]["input_size"] = 48
     with pytest.raises(ArtifactError, match="crops 48 px but the model takes 32"):
-        load_calibration(spec, bad, 20)
+        load_calibration(spec, Manifest.from_dict(bad), 20)
     del bad["preprocessing"]["input_size"]  # a record from before input_size: the same check
     with pytest.raises(ArtifactError, match="crops 48 px but the model takes 32"):
-        load_calibration(spec, bad, 20)
+        load_calibration(spec, Manifest.from_dict(bad), 20)
 
 
 # -- the float scope ------------------------------------------------------------------------------
@@ -183,14 +182,15 @@ def calib_set(tmp_path_factory, manifest):
 
 
 def _outputs(compiled, x):
-    from dyt_edge.calibration.openvino_int8 import outputs_by_name
+    from dyt_edge.runtimes.openvino_runtime import outputs_by_name
 
     out = outputs_by_name(compiled(x))
     return out["logits"], out["masks"].astype(bool)
 
 
 def test_quantize_keeps_the_float_scope_out_of_int8(export, calib_set):
-    from dyt_edge.calibration.openvino_int8 import compile_f32, quantize
+    from dyt_edge.calibration.openvino_int8 import quantize
+    from dyt_edge.runtimes.openvino_runtime import OpenVinoModel
     from dyt_edge.calibration.scope import count_quantizers, quantizer_violations
 
     float_model = ov_model(export)
@@ -219,8 +219,8 @@ def test_quantize_keeps_the_float_scope_out_of_int8(export, calib_set):
                                       fop.input_value(1).get_node().get_data())
     # It runs and roughly agrees with the float model.
     x = calib_set.images
-    lf, mf = _outputs(compile_f32(float_model), x)
-    lq, mq = _outputs(compile_f32(q), x)
+    lf, mf = _outputs(OpenVinoModel(float_model).compiled, x)
+    lq, mq = _outputs(OpenVinoModel(q).compiled, x)
     assert np.isfinite(lq).all()
     assert (lf.argmax(1) == lq.argmax(1)).mean() >= 0.75
     assert (mf == mq).mean() >= 0.9

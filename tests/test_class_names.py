@@ -17,7 +17,7 @@ from dyt_edge.class_names import METADATA_KEY, match_class_names, read_class_nam
 from dyt_edge.errors import CheckpointError, ConfigError
 from dyt_edge.model import build_model
 
-from .conftest import assert_one_line_error, cli, randomize_dyt, saved, tiny_config
+from .helpers import assert_one_line_error, cli, randomize_dyt, saved, tiny_config
 
 NAMES = ["cat", "dog", "fish", "bird", "frog"]
 
@@ -56,8 +56,8 @@ def reference_predictions(named_export):
     labelled_npz(named_export.parent / "probe.npz", np.zeros(40))
     from dyt_edge.validate import load_validation_data
 
-    m = artifacts.load_artifact(named_export).manifest
-    images, _ = load_validation_data(m, str(named_export.parent / "probe.npz"), 512)
+    info = artifacts.load_artifact(named_export).info
+    images, _ = load_validation_data(info, str(named_export.parent / "probe.npz"), 512)
     with open_runtime("pytorch", named_export) as rt:
         return rt.run(images.images.numpy()).logits.argmax(1)
 
@@ -106,7 +106,7 @@ def test_checkpoint_records_and_overrides_class_names(tmp_path):
 def test_training_saves_the_data_class_names(tmp_path):
     from dyt_edge.train import TrainConfig, train
 
-    from .conftest import write_folder
+    from .helpers import write_folder
 
     root = write_folder(tmp_path / "pets", 24, classes=2)  # folders class0, class1
     out = tmp_path / "pets.safetensors"
@@ -120,7 +120,7 @@ def test_training_saves_the_data_class_names(tmp_path):
 # -- export and inspect ------------------------------------------------------------------------
 
 def test_export_records_class_names_in_manifest_and_metadata(named_export):
-    from dyt_edge.exporters.openvino_ir import read_rt_info
+    from dyt_edge.exporters.openvino.ir import read_rt_info
 
     m = artifacts.load_artifact(named_export).manifest
     assert m["class_names"] == NAMES

@@ -14,7 +14,7 @@ import torch
 
 from dyt_edge.model import build_model
 
-from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
+from .helpers import assert_one_line_error, cli, randomize_dyt, tiny_config
 
 
 @pytest.fixture

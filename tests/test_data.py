@@ -242,7 +242,7 @@ def test_imagenet_recipe_on_folder_images_is_shorter_side_and_center_crop(tmp_pa
 
 @pytest.mark.parametrize("recipe", ["vtab", "imagenet"])
 def test_npz_non_square_images_follow_the_recipe(tmp_path, recipe):
-    from dyt_edge.data import antialias_for
+    from dyt_edge.preprocess import antialias_for
 
     T, bicubic = _tv()
     arr = np.random.default_rng(4).integers(0, 256, (3, 30, 20, 3), dtype=np.uint8)  # H 30 W 20
@@ -352,9 +352,12 @@ def _consumers():
     from dyt_edge.validate import load_validation_data
     from dyt_edge.visualize import visualize
 
+    def info(d, m):
+        return artifacts.Artifact(d, m).info
+
     return {
-        "calibration": lambda d, m: load_calibration("digits", m, 16),
-        "validate": lambda d, m: load_validation_data(m, "digits", 4),
+        "calibration": lambda d, m: load_calibration("digits", info(d, m), 16),
+        "validate": lambda d, m: load_validation_data(info(d, m), "digits", 4),
         "bench": lambda d, m: bench_artifact(artifacts.Artifact(d, m), "pytorch", data="digits",
                                              baseline=False),
         "visualize": lambda d, m: visualize(d, "digits", d / "figures", target="pytorch"),
@@ -387,7 +390,7 @@ def test_preprocessing_of_reads_checks_and_refuses(tmp_path):
 @pytest.mark.parametrize("consumer", ["calibration", "validate", "bench", "visualize"])
 def test_every_consumer_reads_preprocessing_through_the_one_reader(tmp_path, monkeypatch,
                                                                      consumer):
-    from dyt_edge import artifacts
+    from dyt_edge import artifacts, manifest
     from dyt_edge.artifacts import ArtifactError
 
     run = _consumers()[consumer]
@@ -400,17 +403,17 @@ def test_every_consumer_reads_preprocessing_through_the_one_reader(tmp_path, mon
     with pytest.raises(ArtifactError, match="records no preprocessing"):
         run(d, m)
 
-    # A valid record goes through artifacts.preprocessing_of, not through a copy of it.
+    # A valid record goes through manifest.preprocessing_of, not through a copy of it.
     class Reached(Exception):
         pass
 
     seen = []
 
-    def spy(manifest):
-        seen.append(manifest)
+    def spy(raw):
+        seen.append(raw)
         raise Reached
 
-    monkeypatch.setattr(artifacts, "preprocessing_of", spy)
+    monkeypatch.setattr(manifest, "preprocessing_of", spy)
     d = tmp_path / "ok"
     m = _manifest(d)
     with pytest.raises(Reached):

@@ -14,7 +14,7 @@ from dyt_edge.cli import app
 from dyt_edge.demo import TargetRow, run_demo
 from dyt_edge.model import build_model
 
-from .conftest import randomize_dyt, tiny_config
+from .helpers import randomize_dyt, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,24 @@ def test_rows_render_with_every_column(capsys):
                  "ms/img", "img/s", "speedup b1 / batched", "-0.30 pt", "1.20x", "FAILED",
                  "ViT-B/16 (synthetic)", "1.41x / 1.45x", "measured"):
         assert word in text, word
+
+
+def test_json_report_has_the_common_header(tmp_path, monkeypatch):
+    from dyt_edge.demo import DemoResult
+    from dyt_edge.reports import to_json
+
+    result = DemoResult("c", False, "e", [TargetRow("openvino", "fp32", "passed")], 1.0,
+                        {"train": 0.5}, created="2026-01-01T00:00:00+00:00")
+    monkeypatch.setattr("dyt_edge.demo.run_demo", lambda **_kw: result)
+    path = tmp_path / "out" / "demo.json"
+    cli = CliRunner().invoke(app, ["demo", "--no-vitb", "--json", str(path)])
+    assert cli.exit_code == 0, cli.output
+    assert path.read_text() == to_json(result.to_dict())  # the one encoder
+    saved = json.loads(path.read_text())
+    assert list(saved)[:4] == ["schema", "schema_version", "dyt_edge_version", "created"]
+    assert saved["schema"] == "dyt-edge.demo" and saved["schema_version"] == 1
+    assert saved["created"] == "2026-01-01T00:00:00+00:00"
+    assert saved["passed"] and saved["rows"][0]["target"] == "openvino"
 
 
 @pytest.mark.slow

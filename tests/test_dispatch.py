@@ -12,7 +12,7 @@ from dyt_edge.errors import ConfigError
 from dyt_edge.model import build_model, capacity_overflow
 from dyt_edge.model.layers import TokenSelect
 
-from .conftest import controlled_model, mixed_batch, tiny_config
+from .helpers import controlled_model, mixed_batch, tiny_config
 
 ATOL = 1e-5
 MODEL_KINDS = [(v, "adapter") for v in VARIANTS] + [("mlp", "moe"), ("attn_mlp", "moe")]
@@ -291,7 +291,7 @@ def test_int8_openvino_model_of_a_dispatch_graph_compiles_and_runs(tmp_path, mod
     import numpy as np
 
     nncf = pytest.importorskip("nncf")
-    from dyt_edge.exporters.openvino_ir import import_openvino
+    from dyt_edge.runtimes.backends import import_openvino
     from dyt_edge.exporters.pipeline import ExportOptions, export_model
 
     model = controlled_model("mlp")

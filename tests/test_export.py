@@ -24,7 +24,7 @@ from dyt_edge.cli import main
 from dyt_edge.config import VARIANTS
 from dyt_edge.model import build_model
 
-from .conftest import (assert_one_line_error, cli, controlled_model, mixed_batch,
+from .helpers import (assert_one_line_error, cli, controlled_model, mixed_batch,
                        randomize_dyt, saved, tiny_config)
 
 ATOL = 1e-4
@@ -192,7 +192,8 @@ def test_published_export_manifest_and_metadata(published):
     from dyt_edge.checkpoint import file_sha256
 
     m = published.manifest
-    assert m["dyt_edge_version"] == __version__ and m["schema"] == artifacts.SCHEMA_VERSION
+    assert m["dyt_edge_version"] == __version__ and m["schema"] == "dyt-edge.manifest"
+    assert m["schema_version"] == 2
     assert m["format"] == "onnx"
     assert m["source"]["path"] == str(published.ckpt.resolve())
     assert m["source"]["sha256"] == file_sha256(published.ckpt)
@@ -260,7 +261,7 @@ def test_every_variant_exports_and_matches(request, variant, kind):
 
 
 def test_openvino_ir_runs_and_matches(variant_exports):
-    from dyt_edge.exporters.openvino_ir import OpenVinoRunner, read_rt_info
+    from dyt_edge.exporters.openvino.ir import OpenVinoRunner, read_rt_info
 
     exp = variant_exports[("layer", "adapter")]
     assert sorted(p.name for p in exp.out.iterdir()) == ["dyt_edge.json", "model.bin",
@@ -379,15 +380,15 @@ def test_dense_modes_for_every_variant(tmp_path, variant, mode):
 
 def test_validation_mismatch_fails_with_max_diff_and_writes_nothing(tmp_path, capsys,
                                                                    monkeypatch):
-    from dyt_edge.exporters import validation
+    from dyt_edge.runtimes.ort_runtime import OrtModel
 
-    real_run = validation.OrtRunner.run
+    real_run = OrtModel.run
 
     def skewed(self, images, overrides=None):
         logits, masks = real_run(self, images, overrides)
         return logits + 3e-3, masks
 
-    monkeypatch.setattr(validation.OrtRunner, "run", skewed)
+    monkeypatch.setattr(OrtModel, "run", skewed)
     ckpt = saved(tmp_path, randomize_dyt(build_model(tiny_config(depth=1)), seed=1), "bad")
     out = tmp_path / "nested" / "bad-out"
     code, stdout, err = cli(capsys, "export", ckpt, "-o", out, "--no-simplify")
@@ -715,8 +716,8 @@ def test_find_latest_artifact(tmp_path):
         d = tmp_path / name
         d.mkdir()
         files = {k: {"path": f"model.{k}", "bytes": 1, "sha256": ""} for k in kinds}
-        artifacts.write_manifest(d, {**artifacts.new_manifest(format=kinds[-1], files=files),
-                                     "created": created})
+        manifest = artifacts.new_manifest(format=kinds[-1], files=files, model={"img_size": 32})
+        artifacts.write_manifest(d, {**manifest, "created": created})
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / artifacts.MANIFEST_NAME).write_text("{not json")
     assert artifacts.find_latest_artifact(tmp_path).path.name == "b"
@@ -801,7 +802,7 @@ def test_nothing_phones_home(tmp_path, published):
         "import sys, numpy as np\n"
         "import dyt_edge.exporters\n"
         "import onnxruntime as ort\n"
-        "from dyt_edge.exporters.openvino_ir import import_openvino\n"
+        "from dyt_edge.runtimes.backends import import_openvino\n"
         f"s = ort.InferenceSession({str(published.onnx)!r}, providers=['CPUExecutionProvider'])\n"
         "s.run(None, {'images': np.zeros((1, 3, 32, 32), np.float32)})\n"
         "ov = import_openvino()\n"

@@ -4,7 +4,6 @@ checks, and a cross-check against what a tiny model really executes."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from dyt_edge.errors import ConfigError
 from dyt_edge.flops import (FlopsReport, _solve_rate, measured_activation, model_flops,
                             plain_vit_flops)
 
-from .conftest import randomize_dyt, tiny_config
+from .helpers import randomize_dyt, tiny_config
 
 VIT_B = DyTConfig(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                   num_classes=1000, adapter_dim=64)

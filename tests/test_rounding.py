@@ -15,7 +15,7 @@ import torch
 
 from dyt_edge.rounding import FACTOR, FLOOR, RoundingScale, combine, rounding_scale
 
-from .conftest import cli
+from .helpers import cli
 
 
 # -- the rule ------------------------------------------------------------------------------------
@@ -62,7 +62,8 @@ def vitb():
 
 @pytest.fixture(scope="module")
 def vitb_reference(vitb):
-    from dyt_edge.exporters.validation import TorchReference, make_cases
+    from dyt_edge.exporters.reference import TorchReference
+    from dyt_edge.exporters.validation import make_cases
 
     torch.set_num_threads(2)
     ref = TorchReference(vitb)
@@ -89,7 +90,7 @@ class TorchRunner:
         self.model, self.patch = model, patch
 
     def run(self, images, overrides=None):
-        from dyt_edge.exporters.validation import forced_gates
+        from dyt_edge.exporters.reference import forced_gates
 
         bias = next(iter(overrides.values())) if overrides else None
         with torch.no_grad(), forced_gates(self.model, bias), self.patch():

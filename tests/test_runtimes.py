@@ -22,7 +22,7 @@ from dyt_edge.runtimes import (RuntimeOptions, RuntimeSetupError, RuntimeUnavail
                                open_runtime)
 from dyt_edge.runtimes.torch_runtime import TorchRuntime
 
-from .conftest import controlled_model, mixed_batch, saved
+from .helpers import controlled_model, mixed_batch, saved
 
 ATOL = 1e-4
 BATCHES = (1, 3, 8)

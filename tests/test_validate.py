@@ -1,4 +1,6 @@
-"""`dyt-edge validate`: an artifact on a runtime against the PyTorch reference, with a verdict.
+"""`dyt-edge validate` end to end (:mod:`dyt_edge.validate.run` and :mod:`.inputs`): an artifact
+on a runtime against the PyTorch reference, with a verdict. The metrics, the checks and the
+report's header have their own test modules (test_metrics, test_validate_checks, test_reports).
 
 Two tiny exports are made once for the module (a 10-class model as ONNX + OpenVINO IR, and a
 capacity export with a tiny capacity); every test validates on a few dozen held-out digits.
@@ -20,10 +22,9 @@ from dyt_edge.data import load_images
 from dyt_edge.model import build_model
 from dyt_edge.runtimes import REGISTRY, RunOutput, RuntimeSetupError
 from dyt_edge.runtimes.ort_runtime import OrtRuntime
-from dyt_edge.validate import (PRECISION_THRESHOLDS, Thresholds, compare_outputs, make_checks,
-                               validate_artifact)
+from dyt_edge.validate import PRECISION_THRESHOLDS, SCHEMA_VERSION, validate_artifact
 
-from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
+from .helpers import assert_one_line_error, cli, randomize_dyt, tiny_config
 
 SAMPLES = 48
 
@@ -48,6 +49,19 @@ class BrokenSetup(OrtRuntime):
     def _load(self):
         raise RuntimeSetupError("cannot compile model.onnx\n  at line 2\n  at line 3",
                                 "try\nsomething else")
+
+
+class FailingBatch(OrtRuntime):
+    """ONNX Runtime whose backend raises its own exception type on batch ``FAIL_ON`` (from
+    1)."""
+
+    FAIL_ON = 2
+
+    def run(self, images):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == type(self).FAIL_ON:
+            raise ValueError("device lost\nmore detail")
+        return super().run(images)
 
 
 def use_runtime(monkeypatch, cls) -> None:
@@ -242,7 +256,8 @@ def test_json_schema(passing, tmp_path):
 
     path = write_json(passing, tmp_path / "sub" / "v.json")
     d = json.loads(path.read_text())
-    assert set(d) == {"schema", "kind", "dyt_edge_version", "created", "passed", "verdict",
+    assert set(d) == {"schema", "schema_version", "dyt_edge_version", "created", "passed",
+                      "verdict",
                       "failed_checks", "artifact", "target", "reference", "precision", "data",
                       "batch", "thresholds", "metrics", "layers", "capacity", "classes",
                       "checks", "notes", "seconds"}
@@ -251,7 +266,8 @@ def test_json_schema(passing, tmp_path):
         assert set(d["classes"]["rows"][0]) == {"index", "name", "images",
                                                 "reference_accuracy_pct", "target_accuracy_pct",
                                                 "top1_agreement_pct"}
-    assert d["schema"] == 1 and d["kind"] == "dyt-edge.validate" and d["verdict"] == "passed"
+    assert d["schema"] == "dyt-edge.validate" and d["schema_version"] == SCHEMA_VERSION
+    assert d["verdict"] == "passed"
     assert set(d["metrics"]) == {
         "images", "classes", "max_abs_diff", "mean_abs_diff", "max_abs_diff_unflipped",
         "unflipped_images", "logit_scale", "top1_agreement_pct", "top1_disagreements",
@@ -288,65 +304,6 @@ def test_cli_table_and_most_recent_export(capsys, digits_export, tmp_path, monke
     for needle in ("Reference vs target", "top-1 agreement", "blocks.1.mlp", "Checks (fp32",
                    "PASSED"):
         assert needle in out, needle
-
-
-# -- the comparison itself, on synthetic outputs ------------------------------------------------
-
-def test_compare_outputs_counts_flips_per_layer_and_isolates_numerics():
-    r_logits = np.zeros((4, 3), np.float32)
-    r_logits[:, 0] = 1.0
-    t_logits = r_logits.copy()
-    t_logits[1] += 0.5                     # image 1: a flipped gate moved its logits
-    t_logits[2] += 2e-4                    # image 2: numerics only
-    r_masks = np.zeros((4, 2, 5), bool)
-    t_masks = r_masks.copy()
-    t_masks[1, 1, [0, 3]] = True           # two flips in layer 1, image 1
-    labels = np.array([0, 0, 1, 0])
-    m, layers, notes = compare_outputs(r_logits, r_masks, t_logits, t_masks, labels,
-                                       ["a", "b"])
-    assert m["flips"] == 2 and m["images_with_flips"] == 1 and m["decisions"] == 40
-    assert m["flip_pct"] == pytest.approx(5.0)
-    assert [row["flips"] for row in layers] == [0, 2] and layers[1]["images_with_flips"] == 1
-    assert m["max_abs_diff"] == pytest.approx(0.5)
-    assert m["max_abs_diff_unflipped"] == pytest.approx(2e-4, rel=1e-3)
-    assert m["unflipped_images"] == 3 and m["top1_agreement_pct"] == 100
-    assert m["reference_accuracy_pct"] == 75 and m["accuracy_delta_points"] == 0
-    checks = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}
-    assert checks["max_diff"].status == "fail"          # no rounding measured: the floor 1e-4
-    assert checks["max_diff"].threshold == pytest.approx(1e-4)
-    # PyTorch fp32 itself 1e-4 away from float64: the bound is 4x that
-    m["rounding"] = {"logits": 1e-4, "images": 3, "excluded": 0, "target_vs_float64": 5e-5}
-    checks = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}
-    assert checks["max_diff"].status == "pass"          # 2e-4 <= 4e-4
-    assert checks["max_diff"].threshold == pytest.approx(4e-4)
-    assert "4 x PyTorch fp32's own error 1.0e-04" in checks["max_diff"].detail
-    m["rounding"]["logits"] = 4e-5                      # 2e-4 > 1.6e-4
-    assert {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}["max_diff"].failed
-    assert checks["gate_flips"].status == "fail"        # 5% > 0.1%
-    bf16 = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["bf16"])}
-    assert bf16["max_diff"].threshold == pytest.approx(0.1)  # 10% of the logit scale (1)
-    int8 = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["int8"])}
-    assert int8["gate_flips"].status == "info" and int8["max_diff"].status == "info"
-
-
-def test_non_finite_logits_fail():
-    r_logits = np.ones((2, 3), np.float32)
-    t_logits = r_logits.copy()
-    t_logits[0, 1] = np.nan
-    masks = np.zeros((2, 1, 4), bool)
-    m, _, notes = compare_outputs(r_logits, masks, t_logits, masks, None, ["a"])
-    checks = {c.id: c for c in make_checks(m, PRECISION_THRESHOLDS["fp32"])}
-    assert checks["max_diff"].status == "fail" and any("non-finite" in n for n in notes)
-    assert checks["accuracy_drop"].status == "n/a"
-
-
-def test_threshold_overrides_merge():
-    base = PRECISION_THRESHOLDS["bf16"]
-    merged, names = base.merged({"max_diff": 0.5, "min_agreement": None})
-    assert merged.max_diff == 0.5 and merged.max_diff_rel is None and names == ["max_diff"]
-    assert merged.min_agreement == base.min_agreement
-    merged, names = PRECISION_THRESHOLDS["int8"].merged(Thresholds(max_flips=3))
-    assert merged.max_flips == 3 and names == ["max_flips"]
 
 
 # -- bad input: one line, non-zero exit, no traceback -------------------------------------------
@@ -455,3 +412,17 @@ def test_static_batch_artifact_pads_the_last_batch(digits_export, tmp_path):
     assert r.passed and r.batch == 5 and r.metrics["images"] == 12
     assert r.metrics["decisions"] == 12 * 2 * 16
     assert any("static batch of 5" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("batch, images", [(2, "5..9"), (3, "10..11")])
+def test_a_backend_error_names_the_images_of_its_batch(digits_export, monkeypatch, batch,
+                                                       images):
+    from dyt_edge.errors import ValidationAborted
+
+    use_runtime(monkeypatch, FailingBatch)
+    monkeypatch.setattr(FailingBatch, "FAIL_ON", batch)
+    with pytest.raises(ValidationAborted) as info:
+        validate_artifact(digits_export[1], "onnxruntime", data="digits", samples=12, batch=5)
+    assert info.value.message == (f"onnxruntime failed on images {images}: ValueError: "
+                                  "device lost")
+    assert "--debug" in info.value.hint

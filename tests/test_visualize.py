@@ -1,5 +1,5 @@
-"""`dyt-edge visualize` and the plots: PNGs that really are PNGs, numbers behind them that equal
-what the model does, `plot_bench` on a synthetic bench result, and bad input as one line."""
+"""`dyt-edge visualize`: PNGs that really are PNGs, numbers behind them that equal what the model
+does, and bad input as one line."""
 
 from __future__ import annotations
 
@@ -10,37 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dyt_edge import artifacts
 from dyt_edge.checkpoint import file_sha256, load_model, save_model
 from dyt_edge.data import load_images
-from dyt_edge.errors import UsageError
 from dyt_edge.model import build_model
-from dyt_edge.plots import bench_series, highlight_tokens, plot_bench
-from dyt_edge.visualize import FIGURE_FILES, choose_shown, visualize
+from dyt_edge.visualize import FIGURE_FILES, visualize
 
-from .conftest import assert_one_line_error, cli, randomize_dyt, tiny_config
+from .helpers import assert_one_line_error, cli, randomize_dyt, tiny_config
+from .helpers.figures import assert_png, leftovers
 
 FIGURES = ("activation_rates.png", "tokens.png", "activation_map.png")
-
-
-def assert_png(path: Path, min_w: int = 200, min_h: int = 150) -> tuple[int, int]:
-    assert path.is_file() and path.stat().st_size > 0, path
-    with Image.open(path) as img:
-        img.verify()
-    with Image.open(path) as img:
-        assert img.format == "PNG"
-        w, h = img.size
-        assert w >= min_w and h >= min_h, (path.name, img.size)
-        pixels = np.asarray(img.convert("L"))
-        assert pixels.std() > 1.0, f"{path.name} is blank"
-    return w, h
-
-
-def leftovers(directory: Path) -> list[str]:
-    return [p.name for p in directory.rglob("*")
-            if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -147,6 +127,8 @@ def test_checkpoint_figures_show_the_models_measured_rates(tmp_path, demo_ckpt, 
     w, h = assert_png(out / "tokens.png")
     assert w > 5 * 80 and h > 4 * 80  # 5 columns (image + 4 dispatchers), 4 rows
     saved = json.loads((out / "activation.json").read_text())
+    assert list(saved)[:4] == ["schema", "schema_version", "dyt_edge_version", "created"]
+    assert saved["schema"] == "dyt-edge.visualize" and saved["schema_version"] == 1
     np.testing.assert_allclose(saved["activation_per_dispatcher"], want, atol=1e-12)
     assert saved["target_rate"] == 0.7 and saved["samples"] == 20
     assert saved["accuracy"] == pytest.approx(float((preds == labels).mean()))
@@ -218,78 +200,6 @@ def test_artifact_masks_come_from_the_runtime(tmp_path, capsys, plain_ckpt, npz_
     assert_one_line_error(code, err, "onnx")
 
 
-def test_choose_shown_takes_one_of_each_class_first():
-    labels = np.array([2, 2, 0, 1, 0, 2, 1])
-    assert choose_shown(7, 4, labels) == [2, 3, 0, 4]
-    assert choose_shown(7, 20, labels) == [2, 3, 0, 4, 6, 1, 5]
-    assert choose_shown(5, 3, None) == [0, 1, 2]
-
-
-def test_highlight_tokens_keeps_active_patches_bright_and_dims_skipped_ones():
-    image = np.full((8, 8, 3), 0.8, dtype=np.float32)
-    mask = np.array([[True, False], [False, False]])
-    out = highlight_tokens(image, mask, 4)
-    assert out.shape == (8, 8, 3)
-    active, skipped = out[:4, :4].mean(), out[4:, 4:].mean()
-    assert active > 0.6 and skipped < 0.35
-    np.testing.assert_allclose(out[:4, 4:], out[4:, 4:])  # every skipped patch alike
-
-
-# -- bench charts ---------------------------------------------------------------------------------
-
-def bench_result(target="openvino", precision="fp32", scale=1.0):
-    """The parts of a `dyt-edge bench` JSON (dyt_edge.bench's schema) that the charts read."""
-    return {"schema": "dyt-edge.bench", "target": target, "precision": precision,
-            "flops": {"ratio": 1.4},
-            "results": [{"batch": b, "dyt": {"images_per_s": 30.0 * scale * k},
-                         "complete": {"images_per_s": 20.0 * scale * k},
-                         "speedup": 1.5, "flops_ratio": 1.4, "efficiency": 1.5 / 1.4}
-                        for b, k in ((1, 1.0), (8, 1.2), (32, 1.3))]}
-
-
-def test_plot_bench_writes_throughput_and_speedup_charts(tmp_path):
-    paths = plot_bench(bench_result(), tmp_path / "plots")
-    assert [p.name for p in paths] == ["bench_throughput.png", "bench_speedup.png"]
-    for p in paths:
-        assert_png(p)
-    several = [bench_result(), bench_result(precision="bf16", scale=1.6),
-               bench_result(target="onnxruntime", scale=0.8)]
-    paths = plot_bench(several, tmp_path / "all.png")
-    assert [p.name for p in paths] == ["all-throughput.png", "all-speedup.png"]
-    for p in paths:
-        assert_png(p)
-    assert leftovers(tmp_path) == []
-
-
-def test_bench_series_reads_the_numbers_and_derives_speedup():
-    s = bench_series(bench_result())
-    assert s["label"] == "openvino fp32" and s["batch"] == [1, 8, 32]
-    assert s["dyt"] == [30.0, 36.0, 39.0] and s["complete"] == [20.0, 24.0, 26.0]
-    assert s["speedup"] == [1.5, 1.5, 1.5] and s["flops_ratio"] == [1.4, 1.4, 1.4]
-    r = bench_result()
-    for e in r["results"]:
-        e["speedup"] = e["flops_ratio"] = None
-    r["results"][2]["complete"] = None  # a row without baseline: no complete, no speedup
-    s = bench_series(r)
-    assert s["speedup"] == [1.5, 1.5, None] and s["flops_ratio"] == [1.4] * 3
-    assert s["complete"][2] is None
-    # the older spelling: "batches" and "throughput"
-    old = {"target": "onnxruntime", "precision": "fp32", "batches": [
-        {"batch": 4, "dyt": {"throughput": 12.0}, "complete": {"throughput": 8.0}}]}
-    assert bench_series(old)["speedup"] == [1.5] and bench_series(old)["batch"] == [4]
-    with pytest.raises(UsageError):
-        plot_bench({"target": "openvino", "results": []}, Path("unused"))
-
-
-def test_plot_bench_without_baseline_draws_throughput_only(tmp_path):
-    r = bench_result()
-    for e in r["results"]:
-        e["complete"] = e["speedup"] = e["flops_ratio"] = e["efficiency"] = None
-    paths = plot_bench(r, tmp_path)
-    assert [p.name for p in paths] == ["bench_throughput.png"]
-    assert_png(paths[0])
-
-
 # -- bad input ------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -339,6 +249,21 @@ def test_unwritable_output_is_one_line(tmp_path, capsys, demo_ckpt):
     finally:
         locked.chmod(0o755)
     assert_one_line_error(code, err, "not writable")
+
+
+def test_a_target_without_masks_stops_at_its_first_batch():
+    from dyt_edge.errors import DytEdgeError
+    from dyt_edge.visualize.runners import run_all
+
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return np.zeros((len(x), 2), np.float32), None
+
+    with pytest.raises(DytEdgeError, match="no dispatch masks"):
+        run_all(run, np.zeros((6, 3, 4, 4), np.float32), 2, None, None)
+    assert calls == [2]
 
 
 # -- a real export on ONNX Runtime ----------------------------------------------------------------

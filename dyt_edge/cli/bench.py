@@ -3,7 +3,6 @@ model in the same run (speedup), with the activation and FLOPs that explain it."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -55,7 +54,7 @@ def bench(
         rich_help_panel=RUNTIME_PANEL)] = None,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", show_default=False, help="Write the results as JSON to this file (schema: "
-        "dyt_edge.bench).", rich_help_panel=BENCH_PANEL)] = None,
+        "docs/reports.md).", rich_help_panel=BENCH_PANEL)] = None,
     plot: Annotated[bool, typer.Option(
         "--plot", help="Chart throughput and speedup per batch size (PNG).",
         rich_help_panel=BENCH_PANEL)] = False,
@@ -80,9 +79,10 @@ def bench(
     for name, value in (("--streams", streams), ("--threads", threads)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
-    if json_path is not None and json_path.is_dir():
-        raise UsageError(f"--json {json_path} is a directory", "pass a file path, e.g. "
-                         f"{json_path / 'bench.json'}")
+    if json_path is not None:
+        from dyt_edge.report_files import check_json_path
+
+        json_path = check_json_path(json_path, "bench.json")
 
     from rich.console import Console
 
@@ -100,7 +100,9 @@ def bench(
     payload = result.to_dict()
     render(payload, Console())
     if json_path is not None:
-        _write_json(json_path, payload)
+        from dyt_edge.report_files import write_report
+
+        write_report(json_path, payload)
         err.print(f"wrote {json_path}")
     if plot or plot_dir is not None:
         out = plot_dir or (json_path.parent if json_path is not None else art.path / "bench")
@@ -127,28 +129,6 @@ def _run(art: Any, target: str, err: Any, **kwargs: Any) -> Any:
                 bar.update(task, description=message, completed=fraction)
 
         return bench_artifact(art, target, progress=progress, **kwargs)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from dyt_edge.artifacts import ArtifactError, atomic_write_bytes
-
-    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}",
-                            "pass --json with a writable path") from None
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
 
 
 def _ips(value: Optional[float]) -> str:

@@ -1,19 +1,22 @@
 """``dyt-edge build``: an export -> a deployment artifact for a target and precision (OpenVINO
 IR f32 / bf16 / fp16, or NNCF INT8 with the dispatch path kept in float; TensorRT engines at
 fp32 / fp16 / int8 for one GPU). The library is :mod:`dyt_edge.build` (TensorRT:
-:mod:`dyt_edge.tensorrt_build`)."""
+:mod:`dyt_edge.exporters.tensorrt.builder`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
 
 import typer
 
-from .options import Json
+from ..reports import to_json
+from .options import Json, size_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..manifest import Manifest
 
 INT8_PANEL = "INT8 calibration"
 TRT_PANEL = "TensorRT (--target tensorrt)"
@@ -97,7 +100,8 @@ def build(
     prints the plan and the equivalent trtexec command without a GPU or TensorRT; --onnx-only
     writes the converted model.onnx (no engine) without them, to validate on ONNX Runtime.
     """
-    from dyt_edge.build import BuildOptions, get_builder
+    from dyt_edge.exporters.builder import BuildOptions
+    from dyt_edge.exporters.registry import check_options, get_builder
     from dyt_edge.errors import UsageError
 
     if target is None:
@@ -106,7 +110,8 @@ def build(
                        dry_run=dry_run, onnx_only=onnx_only)
     opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
                         accuracy_control=accuracy_control, max_drop=max_drop,
-                        output=output, **trt_options).checked()
+                        output=output, **trt_options)
+    opts = check_options(opts)
     get_builder(opts.target).check(opts)
 
     from rich.console import Console
@@ -159,26 +164,21 @@ def build(
         _print_plan(blocked, as_json)  # what it would have done, then the one-line error
         raise failure
     if as_json:
-        typer.echo(json.dumps({"path": str(result.path), "source": str(result.source.path),
-                               "picked": result.picked, "build": result.build}, indent=2,
-                              default=str))
+        typer.echo(to_json({"path": str(result.path), "source": str(result.source.path),
+                            "picked": result.picked, "build": result.build}), nl=False)
         return
     render(result)
 
 
 def _print_plan(plan: Any, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
+        typer.echo(to_json(plan.to_dict()), nl=False)
         return
     from rich.console import Console
 
-    from dyt_edge.exporters.tensorrt_plan import render as render_plan
+    from dyt_edge.exporters.tensorrt.plan import render as render_plan
 
     render_plan(plan, Console(soft_wrap=True))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def _pct(x: Optional[float]) -> str:
@@ -190,12 +190,12 @@ def render(result: Any, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    m = result.manifest
-    b = m["build"]
-    if b["target"] == "tensorrt":
+    info = result.artifact.info
+    b = info.build.record
+    if info.build.target == "tensorrt":
         render_tensorrt(result, console)
         return
-    size = sum(f["bytes"] for f in m["files"].values())
+    size = sum(f.bytes for f in info.files.values())
     console.print(f"[bold green]built[/] {result.path}/  ({b['target']} {b['precision']}, "
                   f"from {result.source.path})")
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -206,8 +206,8 @@ def render(result: Any, console=None) -> None:
                   if b["target"] == "openvino" else b["target"])
     table.add_row("precision", f"{b['precision']} (weights {b.get('weights', '?')}, runtimes "
                   f"set INFERENCE_PRECISION_HINT={b.get('inference_precision', '?')})")
-    table.add_row("model", f"{', '.join(f['path'] for f in m['files'].values())} "
-                  f"({_size(size)}); float IR: {b.get('source_ir', '?')}")
+    table.add_row("model", f"{', '.join(f.path for f in info.files.values())} "
+                  f"({size_text(size)}); float IR: {b.get('source_ir', '?')}")
     table.add_row("source", f"{b['source_model']['file']} sha256 "
                   f"{b['source_model']['sha256'][:12]}...")
     cal = b.get("calibration")
@@ -249,12 +249,12 @@ def render(result: Any, console=None) -> None:
                       "than 2% of the calibration images; try --accuracy-control")
     from dyt_edge.data import is_demo_model
 
-    data = "" if is_demo_model(m) else " --data DATA"
+    data = "" if is_demo_model(info) else " --data DATA"
     console.print(f"next: dyt-edge validate {result.path} --target {b['target']}{data}")
     console.print(f"      dyt-edge bench {result.path} --target {b['target']}{data}")
 
 
-def _check_row(b: dict[str, Any]) -> Optional[str]:
+def _check_row(b: Mapping[str, Any]) -> Optional[str]:
     """The converted graph's ONNX Runtime parity with the export, in one line."""
     check = b.get("check") or {}
     if not check:
@@ -268,7 +268,7 @@ def _check_row(b: dict[str, Any]) -> Optional[str]:
             f"{'-' if flips is None else f'{flips:.2f}%'}")
 
 
-def _calibration_and_check_rows(table: Any, b: dict[str, Any]) -> None:
+def _calibration_and_check_rows(table: Any, b: Mapping[str, Any]) -> None:
     """TensorRT builds (engine or --onnx-only): calibration data and the ONNX Runtime check."""
     cal = b.get("calibration")
     if cal:
@@ -280,10 +280,10 @@ def _calibration_and_check_rows(table: Any, b: dict[str, Any]) -> None:
         table.add_row("check", row)
 
 
-def _files_and_time_rows(table: Any, m: dict[str, Any], b: dict[str, Any]) -> None:
-    size = sum(f["bytes"] for f in m["files"].values())
-    table.add_row("files", f"{', '.join(f['path'] for f in m['files'].values())} "
-                  f"({_size(size)})")
+def _files_and_time_rows(table: Any, info: "Manifest", b: Mapping[str, Any]) -> None:
+    size = sum(f.bytes for f in info.files.values())
+    table.add_row("files", f"{', '.join(f.path for f in info.files.values())} "
+                  f"({size_text(size)})")
     table.add_row("time", ", ".join(f"{k} {v:.1f} s" for k, v in b.get("timings", {}).items()))
 
 
@@ -292,8 +292,8 @@ def render_onnx_only(result: Any, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    m = result.manifest
-    b = m["build"]
+    info = result.artifact.info
+    b = info.build.record
     g = b["gpu"]
     console.print(f"[bold green]wrote[/] {result.path}/  (tensorrt {b['precision']} graph for "
                   f"{g['name']}, ONNX only: no engine; from {result.source.path})")
@@ -306,13 +306,13 @@ def render_onnx_only(result: Any, console) -> None:
         table.add_row("precisions", f"[yellow]{len(problems)} problem(s)[/]: "
                       + escape("; ".join(map(str, problems[:3]))))
     _calibration_and_check_rows(table, b)
-    _files_and_time_rows(table, m, b)
+    _files_and_time_rows(table, info, b)
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     from dyt_edge.data import is_demo_model
 
-    data = "" if is_demo_model(m) else " --data DATA"
+    data = "" if is_demo_model(info) else " --data DATA"
     console.print(f"next: dyt-edge validate {result.path} --target onnxruntime{data}",
                   soft_wrap=True)
     console.print(f"engine, on a {g['name']}:")
@@ -325,8 +325,8 @@ def render_onnx_only(result: Any, console) -> None:
 def render_tensorrt(result: Any, console) -> None:
     from rich.table import Table
 
-    m = result.manifest
-    b = m["build"]
+    info = result.artifact.info
+    b = info.build.record
     if b.get("engine") is None:
         render_onnx_only(result, console)
         return
@@ -336,7 +336,7 @@ def render_tensorrt(result: Any, console) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("engine", f"{e['engine']['file']} ({_size(e['engine']['bytes'])}), TensorRT "
+    table.add_row("engine", f"{e['engine']['file']} ({size_text(e['engine']['bytes'])}), TensorRT "
                   f"{e['tensorrt']['version']} ({e['tensorrt'].get('package') or '?'}), "
                   f"strongly typed")
     table.add_row("GPU", f"{e['gpu']['name']} (compute capability "
@@ -352,13 +352,13 @@ def render_tensorrt(result: Any, console) -> None:
     if tc:
         table.add_row("timing cache", f"{tc['path']} (loaded {tc['loaded_bytes']} B, saved "
                       f"{tc['saved_bytes']} B)")
-    _files_and_time_rows(table, m, b)
+    _files_and_time_rows(table, info, b)
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     from dyt_edge.data import is_demo_model
 
-    data = "" if is_demo_model(m) else " --data DATA"
+    data = "" if is_demo_model(info) else " --data DATA"
     console.print(f"next: dyt-edge validate {result.path} --target tensorrt{data}")
     console.print(f"      dyt-edge bench {result.path} --target tensorrt{data}")
     console.print(f"      dyt-edge validate {result.path} --target onnxruntime{data}  (the "

@@ -41,7 +41,7 @@ def demo(
     if not duration > 0:
         raise UsageError(f"--duration must be positive, got {duration}")
     if json_path is not None:
-        from dyt_edge.validate import check_json_path
+        from dyt_edge.report_files import check_json_path
 
         json_path = check_json_path(json_path)
     out, err = Console(width=max(Console().width, 140)), Console(stderr=True)
@@ -49,11 +49,9 @@ def demo(
                       say=lambda m: err.print(m, highlight=False))
     render(result, out)
     if json_path is not None:
-        import json
+        from dyt_edge.report_files import write_report
 
-        from dyt_edge.artifacts import atomic_write_bytes
-
-        atomic_write_bytes(json_path, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        write_report(json_path, result.to_dict())
     if not result.passed:
         raise typer.Exit(1)
 

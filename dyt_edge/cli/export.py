@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ClassNamesFile, ImgSize,
-                      Json, NumHeads, Preproc, model_overrides)
+                      Json, NumHeads, Preproc, model_overrides, size_text)
 
 EXPORT_PANEL = "Export"
 _FORMATS = "onnx | openvino"
@@ -131,10 +131,6 @@ def _check_checkpoint_path(path: Path) -> None:
                               "pass the .pth/.pt/.safetensors file")
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
 def render(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -144,24 +140,25 @@ def render(result: Any) -> None:
     from dyt_edge.exporters.graph_report import render as render_report
 
     console = Console()
-    m = result.manifest
-    batch = "dynamic batch" if m["batch"] == "dynamic" else f"static batch {m['batch']}"
-    disp = m["dispatch"]["mode"] + (f" {m['dispatch']['capacity']:g}"
-                                    if m["dispatch"]["capacity"] else "")
-    console.print(f"[bold green]exported[/] {result.path}/  ({m['format']}, {m['variant']}, "
-                  f"dispatch {disp}, opset {m['opset']}, {batch})")
+    info = result.artifact.info
+    batch = "dynamic batch" if info.batch is None else f"static batch {info.batch}"
+    d = info.dispatch
+    disp = d.mode + (f" {d.capacity:g}" if d.capacity else "")
+    console.print(f"[bold green]exported[/] {result.path}/  ({info.format}, {info.variant}, "
+                  f"dispatch {disp}, opset {info.opset}, {batch})")
     files = Table(show_header=False, box=None, pad_edge=False)
     files.add_column()
     files.add_column(justify="right")
-    for info in m["files"].values():
-        files.add_row(f"  {info['path']}", _size(info["bytes"]))
+    for entry in info.files.values():
+        files.add_row(f"  {entry.path}", size_text(entry.bytes))
     manifest = result.path / MANIFEST_NAME
-    files.add_row(f"  {MANIFEST_NAME}", _size(manifest.stat().st_size) if manifest.exists()
+    files.add_row(f"  {MANIFEST_NAME}", size_text(manifest.stat().st_size) if manifest.exists()
                   else "")
     console.print(files)
-    console.print(f"[bold]dispatch ops[/]: {dispatch_summary(m['graph_report'])}; gate path "
-                  f"fp32: {'yes' if m['graph_report']['gate_fp32'] else 'NO'}")
-    render_report(m["graph_report"], console)
+    report = info.section("graph_report")
+    console.print(f"[bold]dispatch ops[/]: {dispatch_summary(report)}; gate path "
+                  f"fp32: {'yes' if report['gate_fp32'] else 'NO'}")
+    render_report(report, console)
     console.print(f"[bold]simplify[/]: {result.simplify.summary()}")
     if result.validation is not None:
         render_validation(result.validation, console)
@@ -197,9 +194,8 @@ def render_validation(v: Any, console) -> None:
             decisions += f" ({c.near_ties} tie)"
         if c.overflow_images:
             active += f", {c.overflow_images} overflow"
-        fmt = (lambda x: "-" if x is None else f"{x:.2e}")
-        table.add_row(c.name, str(c.batch), fmt(c.max_diff), fmt(c.max_diff_vs_mask),
-                      fmt(c.max_diff_vs_float64), fmt(c.reference_error), decisions,
+        table.add_row(c.name, str(c.batch), _sci(c.max_diff), _sci(c.max_diff_vs_mask),
+                      _sci(c.max_diff_vs_float64), _sci(c.reference_error), decisions,
                       active, "[green]ok[/]" if c.passed else "[red]FAILED[/]")
     console.print(table)
     style = "green" if v.passed else "red"
@@ -208,3 +204,7 @@ def render_validation(v: Any, console) -> None:
         console.print(f"  [red]-[/] {f}")
     for n in v.notes:
         console.print(f"  [yellow]note:[/] {n}")
+
+
+def _sci(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2e}"

@@ -1,4 +1,5 @@
-"""Options shared by several commands (Annotated aliases), so each is spelled once."""
+"""Options shared by several commands (Annotated aliases), so each is spelled once, and the
+few formatting helpers their tables share."""
 
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ def model_overrides(adapter_scale: Optional[float] = None, adapter_layernorm: Op
 CheckpointArg = Annotated[Path, typer.Argument(
     help="DyT checkpoint: a published .pth/.pt or a dyt-edge .safetensors.",
     show_default=False)]
+
+
+def size_text(n: int) -> str:
+    """A file size for a table: ``1.2 MB``, or ``34.5 kB`` below 100 kB."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

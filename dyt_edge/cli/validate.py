@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-CHECK_PANEL = "Thresholds (default: per precision, see `dyt_edge.validate`)"
+CHECK_PANEL = "Thresholds (default: per precision, see docs/validate.md)"
 
 
 def validate(
@@ -33,7 +33,7 @@ def validate(
         help="Images per inference. \\[default: 32, or the artifact's static batch]")] = None,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", show_default=False,
-        help="Also write the full result to this JSON file (schema in dyt_edge.validate).")]
+        help="Also write the full result to this JSON file (schema: docs/reports.md).")]
     = None,
     max_diff: Annotated[Optional[float], typer.Option(
         "--max-diff", show_default=False, rich_help_panel=CHECK_PANEL,
@@ -57,8 +57,9 @@ def validate(
     overflow for capacity exports, and with labels the accuracy of both and the delta. Each
     check is listed with its threshold; the exit code is 1 when one fails.
     """
-    from dyt_edge.validate import (Thresholds, check_json_path, check_target, pick_artifact,
-                                   validate_artifact, write_json)
+    from dyt_edge.report_files import check_json_path
+    from dyt_edge.validate import (Thresholds, check_target, pick_artifact, validate_artifact,
+                                   write_json)
 
     # Flags first (cheap, one line each), before anything is loaded.
     target_name = check_target(target)
@@ -76,7 +77,7 @@ def validate(
         from dyt_edge.runtimes import canonical_precision
 
         precision = canonical_precision(precision)
-    out_json = check_json_path(json_path) if json_path is not None else None
+    out_json = check_json_path(json_path, "validate.json") if json_path is not None else None
 
     from rich.console import Console
 

@@ -33,6 +33,11 @@ def gumbel_sigmoid_hard(logits: torch.Tensor, tau: float = GUMBEL_TAU) -> torch.
     return hard - soft.detach() + soft
 
 
+def _scale(scale: float, learnable: bool):
+    """The adapter's output scale: a fixed float, or a parameter starting at 1 (learned)."""
+    return nn.Parameter(torch.ones(1)) if learnable else float(scale)
+
+
 class TokenSelect(nn.Module):
     """The token dispatcher: a linear gate on the un-normalised residual stream.
 
@@ -78,10 +83,7 @@ class Adapter(nn.Module):
             self.adapter_layer_norm_before = nn.LayerNorm(dim)
         self.down_proj = nn.Linear(dim, bottleneck)
         self.up_proj = nn.Linear(bottleneck, dim)
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.ones(1))
-        else:
-            self.scale = float(scale)
+        self.scale = _scale(scale, learnable_scale)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,10 +123,7 @@ class MoEAdapter(Adapter):
         self.down_bias = nn.Parameter(torch.zeros(num_experts, bottleneck))
         self.up_weight = nn.Parameter(torch.zeros(num_experts, dim, bottleneck))
         self.up_bias = nn.Parameter(torch.zeros(num_experts, dim))
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.ones(1))
-        else:
-            self.scale = float(scale)
+        self.scale = _scale(scale, learnable_scale)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

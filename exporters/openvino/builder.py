@@ -1,0 +1,233 @@
+"""``dyt-edge build --target openvino``: OpenVINO IR at fp32 / bf16 / fp16, or NNCF INT8.
+
+The float IR is the export's ``model.xml`` when it has one with f32 weights, otherwise it is
+converted from ``model.onnx`` exactly as the exporter does (:func:`.ir.convert_exported`). fp16
+stores the MatMul weights outside the float scope as f16 (:func:`compress_weights_f16`); INT8 is
+:func:`dyt_edge.calibration.openvino_int8.quantize`. Every build is compiled and run once
+before it is kept (INT8: compared with the float IR on the calibration images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..._version import __version__
+from ...artifacts import file_sha256
+from ..builder import Builder, BuildContext, BuildError, BuildOutput
+
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_CHECK_BATCH = 64
+
+
+class OpenVinoBuilder(Builder):
+    """OpenVINO IR at fp32 / bf16 / fp16 (weights f32, f32, f16) or NNCF INT8.
+
+    The float IR is the export's ``model.xml`` when it has one with f32 weights, otherwise it is
+    converted from ``model.onnx`` exactly as the exporter does (placeholder gate biases, since
+    OpenVINO's converter drops ``x + 0``, then the real ones put back). fp16 keeps the gate
+    weights f32 (the DyT contract: the gate path is fp32). Runtimes apply the
+    ``INFERENCE_PRECISION_HINT`` recorded as ``build.inference_precision``.
+    """
+
+    target = "openvino"
+    precisions = ("fp32", "fp16", "bf16", "int8")
+
+    def build(self, ctx: BuildContext, staging: Path) -> BuildOutput:
+        import tempfile
+
+        from ...runtimes.backends import import_openvino
+
+        ov = import_openvino()
+        precision = ctx.options.precision
+        notes: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="dyt-edge-build-") as tmp:
+            with ctx.stage("float IR"):
+                float_model, source_ir = self._float_model(ctx, Path(tmp), ov)
+            record: dict[str, Any] = {"source_ir": source_ir,
+                                      "inference_precision": _HINTS[precision]}
+            xml = staging / "model.xml"
+            if precision == "int8":
+                record.update(self._int8(ctx, float_model, xml, ov, notes))
+            else:
+                with ctx.stage("write"):
+                    self._mark(float_model, ctx, precision)
+                    if precision == "fp16":
+                        record["weights"] = "f16"
+                        record["fp16_weights"] = self._save_fp16(float_model, xml, ctx, ov,
+                                                                 Path(tmp))
+                    else:
+                        record["weights"] = "f32"
+                        ov.save_model(float_model, str(xml), compress_to_fp16=False)
+                with ctx.stage("check"):
+                    record["check"] = self._smoke(ctx, xml, ov)
+        record["tools"] = {"dyt_edge": __version__, "openvino": ov.get_version().split("-")[0]}
+        if precision == "int8":
+            import nncf
+
+            record["tools"]["nncf"] = nncf.__version__
+        sections = {"openvino": {"compress_to_fp16": precision == "fp16",
+                                 "inference_precision": _HINTS[precision],
+                                 "weights": record["weights"]}}
+        return BuildOutput(files={"openvino": "model.xml", "openvino_weights": "model.bin"},
+                           format="openvino", record=record, sections=sections, notes=notes)
+
+    # -- the float IR -------------------------------------------------------------------------
+    def _float_model(self, ctx: BuildContext, tmp: Path, ov) -> tuple[Any, str]:
+        core = ov.Core()
+        info = ctx.source.info
+        entry = info.files.get("openvino")
+        exported_f32 = not info.section("openvino").get("compress_to_fp16", False)
+        if entry and exported_f32:
+            xml = ctx.source.path / entry.path
+            if xml.is_file() and (not entry.sha256 or file_sha256(xml) == entry.sha256):
+                return core.read_model(str(xml)), f"export {entry.path}"
+        return core.read_model(str(self._convert(ctx, tmp))), f"converted from {ctx.onnx_path.name}"
+
+    def _convert(self, ctx: BuildContext, tmp: Path) -> Path:
+        """ONNX -> IR as the exporter does it."""
+        import onnx
+
+        from ..graph_report import analyze
+        from .ir import convert_exported
+
+        ctx.say(f"converting {ctx.onnx_path.name} to OpenVINO IR")
+        proto = onnx.load(str(ctx.onnx_path))
+        report = analyze(proto, ctx.dispatcher_names)
+        xml = tmp / "float.xml"
+        convert_exported(proto, report, xml,
+                         metadata={p.key: p.value for p in proto.metadata_props})
+        return xml
+
+    def _mark(self, model, ctx: BuildContext, precision: str) -> None:
+        from .ir import RT_INFO_SECTION
+
+        for key, value in (("build.target", "openvino"), ("build.precision", precision),
+                           ("build.inference_precision", _HINTS[precision]),
+                           ("build.source_model.sha256", ctx.onnx_sha256)):
+            model.set_rt_info(str(value), [RT_INFO_SECTION, f"dyt_edge.{key}"])
+
+    # -- fp16 ---------------------------------------------------------------------------------
+    def _save_fp16(self, model, xml: Path, ctx: BuildContext, ov, tmp: Path) -> dict[str, int]:
+        """Every MatMul / Convolution weight outside the float scope stored as f16 (a Constant
+        f16 -> Convert f32 pair, what ``compress_to_fp16`` writes); the gates, LayerNorm and
+        biases keep f32. (OpenVINO's own ``compress_to_fp16`` keeps most weights of these
+        graphs in f32 by its heuristics, so the compression is done here, explicitly.)"""
+        from ...calibration.scope import openvino_float_scope
+
+        scope = openvino_float_scope(model, ctx.dispatcher_names)
+        counts = compress_weights_f16(model, set(scope.reasons), ov)
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        return counts
+
+    # -- int8 ---------------------------------------------------------------------------------
+    def _int8(self, ctx: BuildContext, float_model, xml: Path, ov, notes: list[str]
+              ) -> dict[str, Any]:
+        from ...calibration.openvino_int8 import QuantizeSettings, quantize
+
+        calib = ctx.calibration
+        opts = ctx.options
+        settings = QuantizeSettings(subset_size=len(calib), max_drop=opts.max_drop)
+        with ctx.stage("quantize"):
+            result = quantize(float_model, calib, dispatcher_names=ctx.dispatcher_names,
+                              settings=settings, batch=ctx.static_batch, progress=ctx.progress)
+        notes.extend(result.notes)
+        with ctx.stage("write"):
+            self._mark(result.model, ctx, "int8")
+            ov.save_model(result.model, str(xml), compress_to_fp16=False)
+        with ctx.stage("check"):
+            check = self._agreement(ctx, float_model, xml, ov)
+        calibration = {**calib.record(), "size": calib.requested, "images": len(calib),
+                       "ignored_scope": result.scope.summary(),
+                       "quantization": {**settings.to_dict(),
+                                        "fake_quantize_nodes": result.quantizers,
+                                        "restored_after_smooth_quant": result.restored,
+                                        "seconds": round(result.seconds, 2)},
+                       "accuracy_control": result.accuracy_control}
+        calibration.pop("requested", None)
+        return {"weights": "int8", "calibration": calibration, "check": check}
+
+    def _agreement(self, ctx: BuildContext, float_model, xml: Path, ov) -> dict[str, Any]:
+        """The saved INT8 IR against the float IR on the calibration images, both compiled at
+        f32: top-1 agreement and per-dispatcher gate-decision agreement."""
+        import numpy as np
+
+        from ...runtimes.openvino_runtime import OpenVinoModel
+
+        ctx.say("checking INT8 against the float IR")
+        core = ov.Core()
+        ref = OpenVinoModel(float_model, hint="f32", core=core)
+        got = OpenVinoModel(xml, hint="f32", core=core)
+        images = ctx.calibration.images
+        batch = ctx.static_batch or _CHECK_BATCH
+        n = len(images) if ctx.static_batch is None else (len(images) // batch) * batch
+        if n == 0:
+            return {"images": 0, "note": "fewer calibration images than the static batch"}
+        agree = 0
+        mask_same = None
+        mask_total = 0
+        for start in range(0, n, batch):
+            x = np.ascontiguousarray(images[start:start + batch])
+            a, b = ref.outputs(x), got.outputs(x)
+            agree += int((a["logits"].argmax(1) == b["logits"].argmax(1)).sum())
+            if "masks" in a and "masks" in b:
+                same = (a["masks"].astype(bool) == b["masks"].astype(bool)).sum(axis=(0, 2))
+                mask_same = same if mask_same is None else mask_same + same
+                mask_total += a["masks"].shape[0] * a["masks"].shape[2]
+        out: dict[str, Any] = {"images": n, "reference": "float IR, f32",
+                               "top1_agreement": round(agree / n, 5)}
+        if mask_same is not None and mask_total:
+            per = [round(float(v) / mask_total, 5) for v in mask_same]
+            out["mask_agreement"] = dict(zip(ctx.dispatcher_names or
+                                             [f"dispatcher.{i}" for i in range(len(per))], per))
+            out["mask_agreement_mean"] = round(sum(per) / len(per), 5)
+        return out
+
+    def _smoke(self, ctx: BuildContext, xml: Path, ov) -> dict[str, Any]:
+        """The saved IR compiles (f32) and runs on a few generated images."""
+        import numpy as np
+
+        from ...runtimes.openvino_runtime import OpenVinoModel
+
+        size = ctx.source.info.img_size
+        n = ctx.static_batch or 2
+        x = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
+        out = OpenVinoModel(xml, hint="f32").outputs(x)
+        logits = np.asarray(out["logits"])
+        if logits.shape[0] != n or not np.isfinite(logits).all():
+            raise BuildError(f"the built IR gives logits of shape {list(logits.shape)}"
+                             + ("" if np.isfinite(logits).all() else " with non-finite values"),
+                             "re-run with --debug, and report it")
+        return {"images": n, "runs": True, "reference": None}
+
+
+def compress_weights_f16(model, keep: set[str], ov) -> dict[str, int]:
+    """Replace the f32 weight Constant of every MatMul / Convolution not named in ``keep`` by
+    Constant(f16) -> Convert(f32). Returns counts of compressed and kept weights."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    compressed = kept = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        port = 1
+        src = op.input_value(port).get_node()
+        if src.get_type_name() != "Constant" or src.get_output_element_type(0) != ov.Type.f32:
+            continue
+        if op.get_friendly_name() in keep:
+            kept += 1
+            continue
+        data = src.get_data()
+        if not np.all(np.isfinite(data.astype(np.float16))):
+            kept += 1  # out of fp16 range: leave it f32
+            continue
+        c16 = ov.op.Constant(np.ascontiguousarray(data, dtype=np.float16))
+        c16.set_friendly_name(src.get_friendly_name() + "_compressed")
+        conv = ops.convert(c16, ov.Type.f32)
+        conv.set_friendly_name(src.get_friendly_name())
+        conv.get_rt_info()["decompression"] = ""
+        op.input(port).replace_source_output(conv.output(0))
+        compressed += 1
+    model.validate_nodes_and_infer_types()
+    return {"compressed": compressed, "kept_f32": kept}

@@ -1,0 +1,5 @@
+"""TensorRT on NVIDIA GPUs: the runtime (:mod:`.runtime`), CUDA through its driver API
+(:mod:`.cuda`), and what this machine has: GPU profiles and detection (:mod:`.gpus`), the
+installed TensorRT and the guards between GPU, TensorRT and precision (:mod:`.install`), and the
+engine record checked before an engine loads (:mod:`.engine_file`). Only :mod:`.runtime` and
+:mod:`.cuda` touch TensorRT or CUDA, and only inside functions."""
