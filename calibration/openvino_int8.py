@@ -46,13 +46,18 @@ class QuantizeSettings:
     last_layer_float: bool = False
     max_drop: Optional[float] = None
     """Accuracy control: the largest allowed top-1 drop, in percentage points (None: off)."""
+    overflow_fix: str = "enable"
+    """NNCF's ``overflow_fix`` (``enable`` / ``first_layer_only`` / ``disable``): weights in 7
+    bits so that int8 MatMuls cannot saturate on CPUs without VNNI (AVX2 and AVX-512 without
+    VNNI add pairs of u8 x s8 products in int16). The IR may be deployed on any CPU, so every
+    layer gets it (``docs/backends.md``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"subset_size": self.subset_size, "preset": self.preset,
                 "model_type": self.model_type, "smooth_quant": self.smooth_quant,
                 "fast_bias_correction": self.fast_bias_correction,
                 "first_layer_float": self.first_layer_float,
-                "last_layer_float": self.last_layer_float}
+                "last_layer_float": self.last_layer_float, "overflow_fix": self.overflow_fix}
 
 
 @dataclass
@@ -231,11 +236,14 @@ def squeeze_unit_gathers(model) -> int:
 
 def _advanced(nncf, s: QuantizeSettings):
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters)
+                                                       AdvancedSmoothQuantParameters,
+                                                       OverflowFix)
 
+    overflow = OverflowFix(s.overflow_fix)
     if s.smooth_quant:
-        return AdvancedQuantizationParameters()
+        return AdvancedQuantizationParameters(overflow_fix=overflow)
     return AdvancedQuantizationParameters(
+        overflow_fix=overflow,
         smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
 
 
