@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, numpy_helper
 
 from .helpers.onnx import FLOAT, HALF, dispatcher_names, load, types_of
@@ -153,7 +154,12 @@ def test_two_gates_per_block_and_a_static_batch(tmp_path, blob_images):
 
     from .helpers import randomize_dyt, tiny_config
 
-    model = randomize_dyt(build_model(tiny_config(depth=2, variant="attn_mlp")), seed=3).eval()
+    # The backbone's init draws from torch's global generator: seed it here, or the weights
+    # (and the int8 agreement on 10 images) depend on which tests ran before.
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = randomize_dyt(build_model(tiny_config(depth=2, variant="attn_mlp")),
+                              seed=3).eval()
     export_model(model, tmp_path / "b4", ExportOptions(batch=4, validate=False))
     original = onnx.load(str(tmp_path / "b4" / "model.onnx"))
     m16, r16 = to_fp16(original)
