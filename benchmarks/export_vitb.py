@@ -30,19 +30,12 @@ def calibrated_vitb(variant: str = "mlp", target: float = 0.5, seed: int = 0):
 
     from dyt_edge.config import DyTConfig
     from dyt_edge.model import build_model
-    from dyt_edge.synthetic import calibrate_gates_
+    from dyt_edge.synthetic import calibrate_gates_, random_dispatch_weights_
 
     torch.manual_seed(seed)
     model = build_model(DyTConfig(variant=variant, num_classes=1000, adapter_dim=64,
                                   adapter_scale=0.1))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adaptmlp" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-        for ts in model.token_selects:
-            ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * 0.05)
-            ts.mlp_head.bias.zero_()
+    random_dispatch_weights_(model, seed=seed, adapter_std=0.02, gate_std=0.05, gate_bias=0.0)
     # Each gate's bias is set, as one pass reaches it, so that its logits are centred on the
     # wanted quantile given the decisions of the gates before it (4 generated images).
     calibrate_gates_(model, target, seed=seed + 1, images=4)

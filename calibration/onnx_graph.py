@@ -11,13 +11,10 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 from ..errors import DytEdgeError
 from .scope import MASKS_OUTPUT, FloatScope, onnx_float_scope
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 
 MIN_OPSET = 17

@@ -133,7 +133,7 @@ def to_qdq_int8(model: "onnx.ModelProto", images: "np.ndarray", *, per_channel: 
     activation MatMuls of attention (Q.K^T, P.V) in float. ``model`` is left untouched.
 
     ``float_precision``: what the unquantized rest computes in. ``fp32`` (the export's own
-    types) or ``fp16``: then :func:`to_fp16`'s pass runs on the Q/DQ graph too (the dispatch
+    types) or ``fp16``: then :func:`.onnx_fp16.fp16_pass` runs on the Q/DQ graph too (the dispatch
     path and LayerNorm stay fp32; Q/DQ scales become fp16, which needs opset 19, so the graph
     is marked opset 19). A strongly typed TensorRT network runs every unquantized layer at the
     graph's type, so ``fp16`` is the faster engine (ModelOpt's ``high_precision_dtype``).

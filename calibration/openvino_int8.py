@@ -93,13 +93,13 @@ def import_nncf():
 
 def top1_accuracy(compiled, items) -> tuple[float, list[float]]:
     """NNCF's validation_fn: (accuracy in [0, 1], correctness per item)."""
+    from ..runtimes.openvino_runtime import outputs_by_name
+
     per_item = []
     correct = total = 0
     for item in items:
         images, labels = item[0], item[1]
         valid = np.asarray(item[2], bool) if len(item) > 2 else np.ones(len(labels), bool)
-        from ..runtimes.openvino_runtime import outputs_by_name
-
         logits = outputs_by_name(compiled(images))["logits"]
         hits = (np.asarray(logits).argmax(axis=1) == np.asarray(labels)).astype(np.float64)
         hits = hits[valid]
@@ -132,7 +132,7 @@ def quantize(float_model, calib: CalibrationSet, *, dispatcher_names: Optional[l
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
               "mixed": nncf.QuantizationPreset.MIXED}[s.preset]
     model_type = nncf.ModelType.TRANSFORMER if s.model_type == "transformer" else None
-    advanced = _advanced(nncf, s)
+    advanced = _advanced(s)
     subset = min(s.subset_size, len(calib.batches(batch)))
     t0 = time.perf_counter()
     ac_record = None
@@ -234,7 +234,7 @@ def squeeze_unit_gathers(model) -> int:
     return count
 
 
-def _advanced(nncf, s: QuantizeSettings):
+def _advanced(s: QuantizeSettings):
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters,
                                                        OverflowFix)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import shutil
@@ -60,11 +61,19 @@ class Artifact:
     path: Path
     manifest: dict[str, Any]
 
-    @property
+    @functools.cached_property
     def info(self) -> Manifest:
         """The typed view of :attr:`manifest` (checked: a malformed manifest raises
-        :class:`ArtifactError`)."""
+        :class:`ArtifactError`), read once per artifact: an artifact's manifest is not changed
+        in place (a build writes a new one)."""
         return Manifest.from_dict(self.manifest, f"the manifest of {self.path}")
+
+    @property
+    def parent_export(self) -> Optional[Path]:
+        """The export a built artifact was built from (its ``build.parent``), None for an export
+        or a build that does not record it."""
+        build = self.info.build
+        return (self.path / build.parent).resolve() if build and build.parent else None
 
     @property
     def format(self) -> str:
@@ -311,12 +320,14 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
 def _refuse_shared_directory(t: Path) -> None:
     """A directory written with ``-o DIR/NAME.onnx`` may hold the user's own files: never
     replace it as a whole."""
+    # Only the ``output`` record is read: a manifest the typed view would refuse for another
+    # reason (an old or hand-edited one) must not let the directory be replaced.
     try:
-        output = Artifact(t, read_manifest(t)).info.output
+        output = read_manifest(t).get("output")
     except ArtifactError:
         return
-    if output.mode == "file":
-        name = output.name or "model.onnx"
+    if isinstance(output, Mapping) and output.get("mode") == "file":
+        name = output.get("name") or "model.onnx"
         raise ArtifactError(
             f"{t} holds a dyt-edge artifact written beside other files (-o {t / name}); "
             "replacing the directory as a whole could delete them",

@@ -40,7 +40,6 @@ BASELINE_KEY = "baseline"
 RECORD_VERSION = 1
 
 
-
 class BaselineError(DytEdgeError):
     """The complete baseline cannot be made (no checkpoint, a changed checkpoint, ...)."""
 
@@ -53,10 +52,11 @@ def export_dir_of(art: Artifact) -> Path:
     build = art.info.build
     if not build:
         return art.path
-    if not build.parent:
+    parent = art.parent_export
+    if parent is None:
         raise BaselineError(f"the build {art.path} does not record the export it came from",
                             NO_BASELINE_HINT)
-    return (art.path / build.parent).resolve()
+    return parent
 
 
 def baseline_artifact(art: Artifact, target: str, *, calib_data: Optional[str] = None,

@@ -74,14 +74,14 @@ def resolve_export(artifact: Union[Artifact, PathLike, None],
         art, picked = artifacts.load_artifact(artifact), False
     else:
         found = [a for a in artifacts.find_artifacts(root, "onnx")
-                 if not a.info.is_build and not a.info.is_baseline]
+                 if not a.info.is_build]  # find_artifacts leaves baselines out
         if not found:
             raise ArtifactError(f"no export found under {root}/",
                                 "run `dyt-edge export CKPT` first, or pass the export directory")
         art, picked = found[0], True
     build = art.info.build
     if build:
-        parent = (art.path / build.parent).resolve() if build.parent else None
+        parent = art.parent_export
         raise ArtifactError(f"{art.path} is already a built artifact ({build.target} "
                             f"{build.precision}); build from the export",
                             f"pass {parent}" if parent else "pass the export directory")
@@ -109,9 +109,11 @@ def _start(artifact: Union[Artifact, PathLike, None], opts: BuildOptions, progre
                             f"the manifest records {want[:12]}...)", "re-export the model")
     ctx = BuildContext(source=art, options=opts, onnx_path=onnx_path, onnx_sha256=sha,
                        progress=progress)
-    target_dir = Path(opts.output) if opts.output is not None else \
-        art.path / builder.dirname(ctx)
-    _check_target(target_dir, art)
+    if opts.output is not None:
+        target_dir = Path(opts.output)  # checked above, before any work
+    else:
+        target_dir = art.path / builder.dirname(ctx)
+        _check_target(target_dir, art)
     ctx.output_dir = target_dir
     return builder, ctx, picked
 
@@ -191,7 +193,7 @@ def _manifest(art: Artifact, opts: BuildOptions, out: BuildOutput, staging: Path
              "notes": list(out.notes)}
     head = header(created)  # the export's header (any schema version) is replaced
     m = {**head, **{k: v for k, v in copy.deepcopy(art.manifest).items()
-                    if k not in (*head, "schema_version")}}
+                    if k not in head}}
     m.update(format=out.format, files=files, output={"mode": "directory"})
     m.update(out.sections)
     m["build"] = build

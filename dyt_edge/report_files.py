@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from .artifacts import ArtifactError, atomic_write_bytes
 from .errors import UsageError
@@ -31,16 +31,16 @@ def check_json_path(path: Union[str, Path], example: str = "report.json") -> Pat
     return p
 
 
-def write_report(path: Union[str, Path], payload: Mapping[str, Any]) -> Path:
+def write_report(path: Union[str, Path], payload: Mapping[str, Any], *,
+                 hint: Optional[str] = "pass --json with a writable path") -> Path:
     """Write ``payload`` (:func:`to_json`) to ``path`` atomically, creating missing parents; an
-    ``OSError`` becomes a one-line :class:`~dyt_edge.artifacts.ArtifactError`."""
+    ``OSError`` becomes a one-line :class:`~dyt_edge.artifacts.ArtifactError` with ``hint``."""
     p = Path(path).expanduser()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(p, to_json(payload).encode("utf-8"))
     except OSError as exc:
-        raise ArtifactError(f"cannot write {p}: {exc.strerror or exc}",
-                            "pass --json with a writable path") from None
+        raise ArtifactError(f"cannot write {p}: {exc.strerror or exc}", hint) from None
     return p
 
 

@@ -140,6 +140,26 @@ def realistic_weights_(model: "DyTVisionTransformer", *, seed: int = 0) -> "DyTV
     return model
 
 
+def random_dispatch_weights_(model: "DyTVisionTransformer", *, seed: int = 0,
+                             adapter_std: float = 0.1, gate_std: float = 0.3,
+                             gate_bias: float = 0.0) -> "DyTVisionTransformer":
+    """Only the parts DyT adds, random (in place): every adapter weight ~ N(0, adapter_std),
+    every gate weight ~ N(0, gate_std), every gate bias ``gate_bias``; the backbone keeps its
+    weights. Adapters and gates initialise to zero / near zero, so without this a model's
+    adapters do nothing and its dispatch decisions are all alike."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaptmlp" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * adapter_std)
+        for ts in model.token_selects:
+            ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * gate_std)
+            ts.mlp_head.bias.fill_(gate_bias)
+    return model
+
+
 def _adapter(adapter, normal) -> None:
     """Non-zero adapter weights (a trained adapter is not the zero function it starts as)."""
     if hasattr(adapter, "down_proj"):

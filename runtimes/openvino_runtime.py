@@ -148,7 +148,7 @@ class OpenVinoRuntime(Runtime):
             raise RuntimeSetupError(
                 f"artifact {path} is a {build.target} build and has no OpenVINO IR",
                 f"pass the export it was built from, e.g. `dyt-edge build --target openvino "
-                f"{(path / build.parent).resolve() if build.parent else 'EXPORT'}`")
+                f"{self.artifact.parent_export or 'EXPORT'}`")
         raise RuntimeSetupError(
             f"artifact {path} has no OpenVINO IR",
             f"run `dyt-edge build --target openvino {path}` or export with --format openvino")
@@ -236,9 +236,10 @@ class OpenVinoRuntime(Runtime):
             except Exception:  # noqa: BLE001 - a property this device does not report
                 return None
 
-        precision = prop("INFERENCE_PRECISION_HINT")
-        precision = precision.get_type_name() if hasattr(precision, "get_type_name") \
-            else str(precision)
+        try:
+            precision = hint_of(c)
+        except Exception:  # noqa: BLE001 - a property this device does not report
+            precision = "None"
         streams = prop("NUM_STREAMS")
         hint = prop("PERFORMANCE_HINT")
         return {

@@ -163,8 +163,8 @@ class OrtRuntime(Runtime):
         if "onnx" in files:
             return
         build = self.info.build
-        parent = build.parent if build else None
-        where = (f"pass the export it was built from ({(self.artifact.path / parent).resolve()})"
+        parent = self.artifact.parent_export
+        where = (f"pass the export it was built from ({parent})"
                  if parent else "pass an export directory (`dyt-edge export CKPT`)")
         what = (f"built for {build.target} at {build.precision}"
                 if build else f"format {self.artifact.format}")
@@ -209,8 +209,8 @@ class OrtRuntime(Runtime):
         self.runner = OrtModel(self.path, threads=opts.threads,
                                config=opts.extra.get("session_config"))
         self.session = self.runner.session()
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_name = self.runner.input_name
+        self.output_names = self.runner.output_names()
         if "logits" not in self.output_names:
             raise RuntimeSetupError(f"{self.path} has no 'logits' output "
                                     f"(outputs: {', '.join(self.output_names)})",

@@ -258,7 +258,6 @@ def test_scope_survives_renamed_nodes(export):
 def test_int8_weights_cannot_saturate_on_cpus_without_vnni():
     """Every layer gets NNCF's overflow fix (7-bit weights), recorded in the build; on this
     project's AVX2 machines NNCF's default (first layer only) lost 1.4 points on the demo."""
-    import nncf
     from nncf.quantization.advanced_parameters import OverflowFix
 
     from dyt_edge.calibration.openvino_int8 import QuantizeSettings, _advanced
@@ -266,5 +265,5 @@ def test_int8_weights_cannot_saturate_on_cpus_without_vnni():
     settings = QuantizeSettings()
     assert settings.to_dict()["overflow_fix"] == "enable"
     for smooth in (True, False):
-        params = _advanced(nncf, QuantizeSettings(smooth_quant=smooth))
+        params = _advanced(QuantizeSettings(smooth_quant=smooth))
         assert params.overflow_fix == OverflowFix.ENABLE

@@ -171,7 +171,6 @@ def train(cfg: TrainConfig, progress: Optional[OnEvent] = None) -> TrainResult:
         emit("note", message=f"training {n_train:,} of {n_total:,} parameters")
 
         history, stopped_early, seconds = _fit(model, rc, train_set, pre, emit, t_start)
-        stopped_early = bool(stopped_early)
         if stopped_early:
             notes.append(f"stopped by the time limit after {len(history)} epoch(s)")
 

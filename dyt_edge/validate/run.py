@@ -95,7 +95,7 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
 
     import numpy as np
 
-    from ..artifacts import Artifact, load_artifact, utc_now
+    from ..artifacts import Artifact, utc_now
     from ..runtimes import RuntimeOptions, canonical_precision
 
     start = time.perf_counter()
@@ -114,12 +114,8 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     if thresholds is not None:
         Thresholds().merged(thresholds)  # unknown names / bad values fail now
     # 2. the artifact and the runtimes
-    if isinstance(artifact, Artifact):
-        art, picked = artifact, False
-    elif artifact is None:
-        art, picked = pick_artifact(None, target)
-    else:
-        art, picked = load_artifact(artifact), False
+    art, picked = ((artifact, False) if isinstance(artifact, Artifact)
+                   else pick_artifact(artifact, target))
     info = art.info
     notes: list[str] = []
     from ..data import default_data, is_demo_model

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..artifacts import DEFAULT_ROOT, PathLike
+from ..config import DEFAULT_DISPATCH
 from ..errors import DataError, DytEdgeError, UsageError
 from ..token_maps import choose_shown, shown_images
 from .measurement import Measurement
@@ -26,9 +27,9 @@ def _load_data(spec: str, pre: "Preprocessing", samples: int, config: "DyTConfig
                ) -> "ImageSet":
     """Up to ``samples`` images of ``spec`` (digits: the held-out split), checked to fit the
     model."""
-    from ..data import load_images
+    from ..data import DEMO_DATA, load_images
 
-    split = "test" if spec == "digits" else None  # digits: the held-out split
+    split = "test" if spec == DEMO_DATA else None  # digits: the held-out split
     imageset = load_images(spec, pre, split=split, limit=samples)
     if len(imageset) == 0:
         raise DataError(f"no images in {spec}")
@@ -104,7 +105,7 @@ def visualize(source: Optional[PathLike], data: Optional[str] = None,
         spec = default_data(data, demo=demo, purpose="visualize")
         imageset = _load_data(spec, pre, samples, config)
         static = None
-        dispatch = "pack"
+        dispatch = DEFAULT_DISPATCH  # a checkpoint runs in the model's default mode
 
     try:
         if on_start:

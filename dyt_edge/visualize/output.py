@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..artifacts import (DEFAULT_ROOT, ArtifactError, PathLike, atomic_write_bytes,
-                         default_output_dir, utc_now)
+from ..artifacts import DEFAULT_ROOT, ArtifactError, PathLike, default_output_dir, utc_now
+from ..report_files import write_report
 from ..errors import UsageError
-from ..reports import report_header, to_json
+from ..reports import report_header
 from .measurement import Measurement, figure_data
 from .sources import Source
 
@@ -125,9 +125,5 @@ def write_figures(m: Measurement, out: PathLike, *, notes: Optional[list[str]] =
         raise ArtifactError(f"cannot write figures to {out}: {exc.strerror or exc}",
                             "pass -o with a directory you can write to") from None
     result = VisualizeResult(m, out, paths, figures, list(notes or []), created=utc_now())
-    try:
-        atomic_write_bytes(out / DATA_FILE, to_json(result.summary()).encode("utf-8"))
-    except OSError as exc:
-        raise ArtifactError(f"cannot write {out / DATA_FILE}: {exc.strerror or exc}") from None
-    result.paths.append(out / DATA_FILE)
+    result.paths.append(write_report(out / DATA_FILE, result.summary(), hint=None))
     return result

@@ -1,5 +1,6 @@
-"""Running the model over the images: a checkpoint in PyTorch (``topk`` dispatch) or an
-artifact on a runtime, batch by batch, returning the logits and the dispatch masks."""
+"""Running the model over the images: a checkpoint in PyTorch (the model's default ``pack``
+dispatch) or an artifact on a runtime, batch by batch, returning the logits and the dispatch
+masks."""
 
 from __future__ import annotations
 

@@ -54,13 +54,12 @@ class OpenVinoBuilder(Builder):
                     self._mark(float_model, ctx, precision)
                     if precision == "fp16":
                         record["weights"] = "f16"
-                        record["fp16_weights"] = self._save_fp16(float_model, xml, ctx, ov,
-                                                                 Path(tmp))
+                        record["fp16_weights"] = self._save_fp16(float_model, xml, ctx, ov)
                     else:
                         record["weights"] = "f32"
                         ov.save_model(float_model, str(xml), compress_to_fp16=False)
                 with ctx.stage("check"):
-                    record["check"] = self._smoke(ctx, xml, ov)
+                    record["check"] = self._smoke(ctx, xml)
         record["tools"] = {"dyt_edge": __version__, "openvino": ov.get_version().split("-")[0]}
         if precision == "int8":
             import nncf
@@ -96,7 +95,8 @@ class OpenVinoBuilder(Builder):
         report = analyze(proto, ctx.dispatcher_names)
         xml = tmp / "float.xml"
         convert_exported(proto, report, xml,
-                         metadata={p.key: p.value for p in proto.metadata_props})
+                         metadata={p.key: p.value for p in proto.metadata_props},
+                         dispatcher_names=ctx.dispatcher_names)
         return xml
 
     def _mark(self, model, ctx: BuildContext, precision: str) -> None:
@@ -108,7 +108,7 @@ class OpenVinoBuilder(Builder):
             model.set_rt_info(str(value), [RT_INFO_SECTION, f"dyt_edge.{key}"])
 
     # -- fp16 ---------------------------------------------------------------------------------
-    def _save_fp16(self, model, xml: Path, ctx: BuildContext, ov, tmp: Path) -> dict[str, int]:
+    def _save_fp16(self, model, xml: Path, ctx: BuildContext, ov) -> dict[str, int]:
         """Every MatMul / Convolution weight outside the float scope stored as f16 (a Constant
         f16 -> Convert f32 pair, what ``compress_to_fp16`` writes); the gates, LayerNorm and
         biases keep f32. (OpenVINO's own ``compress_to_fp16`` keeps most weights of these
@@ -183,7 +183,7 @@ class OpenVinoBuilder(Builder):
             out["mask_agreement_mean"] = round(sum(per) / len(per), 5)
         return out
 
-    def _smoke(self, ctx: BuildContext, xml: Path, ov) -> dict[str, Any]:
+    def _smoke(self, ctx: BuildContext, xml: Path) -> dict[str, Any]:
         """The saved IR compiles (f32) and runs on a few generated images."""
         import numpy as np
 

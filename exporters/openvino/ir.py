@@ -140,12 +140,15 @@ def with_placeholder_biases(proto, report) -> bytes:
 
 
 def convert_exported(proto, report, xml_path: Path, *, metadata: Mapping[str, str],
-                     onnx_bytes: Optional[bytes] = None, external: bool = False) -> list[str]:
+                     onnx_bytes: Optional[bytes] = None, external: bool = False,
+                     dispatcher_names: Optional[list[str]] = None) -> list[str]:
     """The exporter's conversion of its ONNX graph ``proto`` (whose graph report is ``report``)
     to IR at ``xml_path``: placeholder biases for the converter, the real ones put back.
     ``onnx_bytes``: ``proto`` already serialised; ``external``: the model is over 2 GB (no
-    placeholder copy is made). Returns notes for the report."""
-    names = [d.name for d in report.dispatchers]
+    placeholder copy is made); ``dispatcher_names``: the dispatchers the model has (default:
+    those the report found; one the report missed is named in the notes). Returns notes for
+    the report."""
+    names = list(dispatcher_names) if dispatcher_names else [d.name for d in report.dispatchers]
     biases = {d.name: initializer_value(proto, d.gate_bias)
               for d in report.dispatchers if d.gate_bias}
     onnx_bytes = onnx_bytes if onnx_bytes is not None else proto.SerializeToString()

@@ -348,14 +348,14 @@ class TensorRTBuilder(Builder):
             calib = ctx.calibration
             ctx.say(f"quantizing: int8 Q/DQ calibrated on {len(calib)} images")
             converted, report = to_qdq_int8(source, calib.images, per_channel=True,
-                                                 dispatcher_names=names)
+                                            dispatcher_names=names)
             images, labels = calib.images, calib.labels
             images_note = f"{len(calib)} calibration images"
         problems = check_precisions(converted, dispatcher_names=names)
         write_model(converted, out)
         ctx.say("comparing the converted graph with the export on ONNX Runtime")
         check = parity(source, converted, images, dispatcher_names=names, labels=labels,
-                            batch=ctx.static_batch)
+                       batch=ctx.static_batch)
         graph: dict[str, Any] = {
             "conversion": summary(report), "source": f"converted from export "
             f"{ctx.onnx_path.name}", "report": report, "precision_problems": problems,

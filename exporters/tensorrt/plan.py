@@ -156,7 +156,7 @@ def trtexec_majors(gpu: Optional[GpuProfile], trt: Optional[TensorRTInstall]) ->
 
 def dispatch_advice(dispatch: Dispatch, report: Optional[Mapping[str, Any]] = None
                     ) -> list[str]:
-    """What the export's dispatch mode means on TensorRT (see the module doc), as lines."""
+    """What the export's dispatch mode means on TensorRT (``docs/backends.md``), as lines."""
     mode = dispatch.mode
     dispatchers = (report or {}).get("dispatchers") or []
     lines: list[str] = []
@@ -251,7 +251,7 @@ class TensorRTPlan:
     """:func:`dyt_edge.exporters.graph_report.analyze` of the source ONNX."""
     calibration: Optional[str] = None
     problems: list[Any] = field(default_factory=list)
-    """:class:`~.tensorrt_gpus.Problem` s that stop a real build here."""
+    """:class:`~dyt_edge.runtimes.tensorrt.install.Problem` s that stop a real build here."""
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
 

@@ -9,13 +9,14 @@ record (:func:`dyt_edge.exporters.tensorrt.plan.engine_metadata`); the runtime r
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ...manifest import Build
 from ...reports import SCHEMA_PREFIX
 from .gpus import DetectedGpu
 from .install import parse_version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...artifacts import Artifact
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
@@ -82,11 +83,11 @@ def check_engine_metadata(meta: Mapping[str, Any], gpu: Optional[DetectedGpu],
     return problems, warnings
 
 
-def rebuild_hint(build: Optional[Build], artifact: Path) -> str:
-    """The command that rebuilds the engine of ``artifact`` (its manifest's ``build``) here."""
-    src = (artifact / build.parent).resolve() if build and build.parent else "EXPORT"
+def rebuild_hint(artifact: "Artifact") -> str:
+    """The command that rebuilds the engine of ``artifact`` here."""
+    src = artifact.parent_export or "EXPORT"
     return (f"rebuild it here: dyt-edge build --target tensorrt {src} --gpu auto --precision "
-            f"{build.precision if build else 'fp32'}")
+            f"{artifact.info.built_precision or 'fp32'}")
 
 
 def make_logger(trt: Any, sink: list[str]) -> Any:

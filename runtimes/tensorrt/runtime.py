@@ -61,7 +61,7 @@ class TensorRTRuntime(Runtime):
         if "tensorrt" not in self.info.files:
             build = self.info.build
             src = self.artifact.path if not build else (
-                (self.artifact.path / build.parent).resolve() if build.parent else "EXPORT")
+                self.artifact.parent_export or "EXPORT")
             raise RuntimeSetupError(
                 f"artifact {self.artifact.path} has no TensorRT engine",
                 f"build one on the GPU machine: dyt-edge build --target tensorrt {src} "
@@ -114,7 +114,7 @@ class TensorRTRuntime(Runtime):
             allow_gpu_model_mismatch=bool(self.options.extra.get("allow_gpu_mismatch")))
         if problems:
             raise RuntimeSetupError("cannot run this engine here: " + "; ".join(problems),
-                                    rebuild_hint(self.info.build, self.artifact.path))
+                                    rebuild_hint(self.artifact))
         return gpu, warnings
 
     def _load(self) -> None:

@@ -25,15 +25,10 @@ def randomize_dyt(model: torch.nn.Module, *, seed: int = 0, gate_std: float = 0.
                   gate_bias: float = 0.0) -> torch.nn.Module:
     """Give adapters and gates non-trivial weights (they initialise to zero / near zero), so
     that dispatch decisions are mixed and adapter outputs are non-zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adaptmlp" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for ts in model.token_selects:
-            ts.mlp_head.weight.copy_(torch.randn(ts.mlp_head.weight.shape, generator=g) * gate_std)
-            ts.mlp_head.bias.fill_(gate_bias)
-    return model
+    from dyt_edge.synthetic import random_dispatch_weights_
+
+    return random_dispatch_weights_(model, seed=seed, adapter_std=0.1, gate_std=gate_std,
+                                    gate_bias=gate_bias)
 
 
 def controlled_model(variant: str = "mlp", adapter_kind: str = "adapter",
