@@ -107,8 +107,9 @@ def test_result_structure_and_json_schema(ov_bench, exp):
     for r in d["results"]:
         for who in ("dyt", "complete"):
             lat = r[who]["latency_ms"]
-            assert {"mean", "p50", "p90", "p99", "min", "max", "count"} == set(lat)
-            assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+            assert {"mean", "p50", "p90", "p95", "p99", "min", "max", "count"} == set(lat)
+            assert (lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+                    <= lat["max"])
             assert r[who]["iterations"] >= MIN_ITERATIONS
             assert r[who]["images"] == r[who]["iterations"] * r["batch"]
             assert r[who]["images_per_s"] == pytest.approx(r[who]["images"] / r[who]["wall_s"])
@@ -253,6 +254,7 @@ def test_cli_prints_the_table_writes_json_and_plots(exp, ov_bench, capsys, tmp_p
                             tmp_path / "plots")
     assert code == 0, err
     assert "speedup" in stdout and "activation: 50.0%" in stdout
+    assert all(f"p{p}" in stdout for p in (50, 90, 95, 99))
     assert "baseline: using the cached complete model" in err
     d = json.loads(out.read_text())
     assert d["schema"] == SCHEMA and [r["batch"] for r in d["results"]] == [1, 3]
@@ -261,15 +263,16 @@ def test_cli_prints_the_table_writes_json_and_plots(exp, ov_bench, capsys, tmp_p
     assert pngs == ["bench_speedup.png", "bench_throughput.png"]
 
 
-def test_cli_no_baseline_makes_and_times_no_complete_model(exp, capsys, tmp_path):
+def test_cli_no_baseline_makes_and_times_no_complete_model(exp, capsys):
+    """... with ``--json -``: the report alone on stdout, the table on stderr."""
     copy = exp.copy("nobase")
-    out = tmp_path / "b.json"
     code, stdout, err = cli(capsys, "bench", copy, "-t", "onnxruntime", "--batch", "2",
                             "--duration", "0.02", "--warmup", "0", "--data", exp.data["mixed"],
-                            "--no-baseline", "--json", out)
+                            "--no-baseline", "--json", "-")
     assert code == 0, err
     assert not (copy / "baseline").exists()
-    d = json.loads(out.read_text())
+    assert "speedup" in err and "p95" in err
+    d = json.loads(stdout)
     assert d["baseline"] is None and d["settings"]["baseline"] is False
     assert d["results"][0]["complete"] is None and d["results"][0]["speedup"] is None
     assert d["activation"]["mean"] == pytest.approx(0.5)  # still measured

@@ -17,14 +17,23 @@ def test_latency_stats_on_known_numbers():
     assert s.count == 100
     assert s.mean == pytest.approx(50.5)
     assert (s.min, s.max) == pytest.approx((1.0, 100.0))
-    assert (s.p50, s.p90, s.p99) == pytest.approx((50.0, 90.0, 99.0))
+    assert (s.p50, s.p90, s.p95, s.p99) == pytest.approx((50.0, 90.0, 95.0, 99.0))
 
     s = latency_stats([0.004, 0.001, 0.003, 0.002])
     assert s.mean == pytest.approx(2.5)
-    assert (s.p50, s.p90, s.p99) == pytest.approx((2.0, 4.0, 4.0))
+    assert (s.p50, s.p90, s.p95, s.p99) == pytest.approx((2.0, 4.0, 4.0, 4.0))
 
     one = latency_stats([0.007])
-    assert one.p50 == one.p99 == one.min == one.max == pytest.approx(7.0)
+    assert one.p50 == one.p95 == one.p99 == one.min == one.max == pytest.approx(7.0)
+
+
+def test_p95_is_the_nearest_rank_between_p90_and_p99():
+    """20 latencies: p90 is the 18th, p95 the 19th, p99 the 20th (trtexec's convention)."""
+    ms = [float(v) for v in range(1, 21)]
+    random.Random(1).shuffle(ms)
+    s = latency_stats([v / 1e3 for v in ms])
+    assert (s.p90, s.p95, s.p99) == pytest.approx((18.0, 19.0, 20.0))
+    assert list(s.to_dict()) == ["mean", "p50", "p90", "p95", "p99", "min", "max", "count"]
     with pytest.raises(ValueError):
         latency_stats([])
 
@@ -40,7 +49,7 @@ def test_percentile_is_nearest_rank():
 
 
 def test_speedup_flops_ratio_and_efficiency_arithmetic():
-    lat = LatencyStats(1, 1, 1, 1, 1, 1, 1)
+    lat = LatencyStats(1, 1, 1, 1, 1, 1, 1, 1)
     dyt = Measurement(batch=4, latency=lat, iterations=10, wall_s=2.0)       # 20 img/s
     complete = Measurement(batch=4, latency=lat, iterations=5, wall_s=2.0)   # 10 img/s
     assert dyt.images == 40 and dyt.images_per_s == pytest.approx(20.0)

@@ -90,6 +90,17 @@ def test_fp32_build_writes_a_loadable_artifact(capsys, work):
     np.testing.assert_allclose(res.logits, la, atol=1e-5)
 
 
+def test_build_json_on_stdout_alone(capsys, work, tmp_path):
+    out_dir = tmp_path / "ov32"
+    code, out, err = cli(capsys, "build", "--target", "openvino", work, "-o", out_dir,
+                         "--json", "-")
+    assert code == 0, err
+    d = json.loads(out)  # stdout holds the JSON alone; the summary went to stderr
+    assert d["path"] == str(out_dir) and d["source"] == str(work) and d["picked"] is False
+    assert d["build"]["target"] == "openvino" and d["build"]["precision"] == "fp32"
+    assert "next: dyt-edge validate" in err
+
+
 def test_bf16_and_fp16_builds_record_their_precision(work):
     from dyt_edge.build import build_artifact
     from dyt_edge.calibration.scope import openvino_float_scope

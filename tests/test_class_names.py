@@ -162,7 +162,7 @@ def test_inspect_shows_class_names(capsys, tmp_path):
     text = " ".join(out.split())
     assert "class names 5: cat, dog, fish, bird, frog" in text
     assert "dyt-edge metadata (dyt_edge.class_names)" in text
-    code, out, err = cli(capsys, "inspect", ckpt, "--json")
+    code, out, err = cli(capsys, "inspect", ckpt, "--json", "-")
     info = json.loads(out)
     assert info["class_names"] == NAMES and info["class_names_source"].startswith("dyt-edge")
     many = tmp_path / "many.txt"

@@ -46,6 +46,41 @@ def test_help_lists_commands_and_does_not_import_torch():
         assert command in proc.stdout
 
 
+def test_help_offers_shell_completion(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    assert "--install-completion" in out and "--show-completion" in out
+
+
+@pytest.mark.parametrize("shell, needle", [
+    ("bash", "complete -o default -F _dyt_edge_completion dyt-edge"),
+    ("zsh", "compdef _dyt_edge_completion dyt-edge"),
+])
+def test_show_completion_prints_the_script_for_the_shell(capsys, monkeypatch, shell, needle):
+    import shellingham
+
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *a, **k: (shell, f"/bin/{shell}"))
+    code, out, err = cli(capsys, "--show-completion")
+    assert code == 0, err
+    assert needle in out and f"_DYT_EDGE_COMPLETE=complete_{shell}" in out
+
+
+@pytest.mark.parametrize("words, cword, want", [
+    ("dyt-edge che", 1, "checks"),
+    ("dyt-edge bench --ta", 2, "--target"),
+    ("dyt-edge inspect x --js", 3, "--json"),
+])
+def test_completion_candidates_through_the_environment(capsys, monkeypatch, words, cword, want):
+    """What the installed bash script does on TAB: the words in COMP_WORDS / COMP_CWORD and
+    _DYT_EDGE_COMPLETE=complete_bash; dyt-edge answers with the candidates, one a line."""
+    monkeypatch.setenv("_DYT_EDGE_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(cword))
+    code, out, err = cli(capsys)
+    assert code == 0, err
+    assert want in out.split(), out
+
+
 def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "dyt_edge", "--version"], capture_output=True,
                           text=True, timeout=120)
@@ -80,10 +115,12 @@ def test_inspect_shows_where_the_heads_came_from(capsys, tmp_path):
     assert code == 0, err
     assert "2  (from override)" in out
 
-def test_inspect_json(capsys, published_ckpt):
-    code, out, err = cli(capsys, "inspect", published_ckpt, "--json")
+
+def test_inspect_json(capsys, published_ckpt, tmp_path):
+    code, out, err = cli(capsys, "inspect", published_ckpt, "--json", "-")
     assert code == 0, err
-    info = json.loads(out)
+    info = json.loads(out)  # stdout holds the JSON alone; the tables went to stderr
+    assert "architecture" in err
     assert info["config"]["variant"] == "mlp"
     assert info["config"]["adapter_scale"] == 0.5
     assert info["provenance"]["adapter_scale"] == "args.tuning_config.ffn_adapter_scalar"
@@ -91,6 +128,12 @@ def test_inspect_json(capsys, published_ckpt):
     assert params["total"] == sum(p.numel() for p in build_model(tiny_config()).parameters())
     assert 0 < params["trainable"] < params["total"]
     assert info["checkpoint"]["layout"] == "full"
+    path = tmp_path / "new" / "inspect.json"
+    code, out, err = cli(capsys, "inspect", published_ckpt, "--json", path)
+    assert code == 0, err
+    assert "architecture" in out and json.loads(path.read_text()) == info
+    code, _, err = cli(capsys, "inspect", published_ckpt, "--json", tmp_path)
+    assert_one_line_error(code, err, f"--json {tmp_path} is a directory")
 
 
 def test_inspect_with_data_reports_activation_per_layer(capsys, tmp_path):
@@ -99,7 +142,8 @@ def test_inspect_with_data_reports_activation_per_layer(capsys, tmp_path):
     cfg = tiny_config(img_size=32, patch_size=4, num_classes=10, variant="attn_mlp")
     model = randomize_dyt(build_model(cfg), seed=4, gate_std=0.5)
     path = save_model(model, tmp_path / "m.safetensors")
-    code, out, err = cli(capsys, "inspect", path, "--data", "digits", "--samples", "40", "--json")
+    code, out, err = cli(capsys, "inspect", path, "--data", "digits", "--samples", "40",
+                         "--json", "-")
     assert code == 0, err
     info = json.loads(out)
     data = info["data"]

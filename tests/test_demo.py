@@ -115,6 +115,10 @@ def test_json_report_has_the_common_header(tmp_path, monkeypatch):
     assert saved["schema"] == "dyt-edge.demo" and saved["schema_version"] == 1
     assert saved["created"] == "2026-01-01T00:00:00+00:00"
     assert saved["passed"] and saved["rows"][0]["target"] == "openvino"
+    cli = CliRunner().invoke(app, ["demo", "--no-vitb", "--json", "-"])
+    assert cli.exit_code == 0, cli.output
+    assert cli.stdout == to_json(result.to_dict())  # the JSON alone on stdout
+    assert "dyt-edge demo" in cli.stderr  # the table on stderr
 
 
 @pytest.mark.slow

@@ -681,9 +681,17 @@ def test_o_file_name_failure_keeps_the_previous_artifact(capsys, tiny_ckpt, tmp_
 def test_o_file_name_into_a_new_directory_and_the_help(capsys, tiny_ckpt, tmp_path):
     d = tmp_path / "a" / "b"
     code, stdout, err = cli(capsys, "export", tiny_ckpt, "-o", d / "model.onnx",
-                            "--no-validate", "--no-simplify", "--json")
+                            "--no-validate", "--no-simplify", "--json", "-")
     assert code == 0, err
-    assert json.loads(stdout)["files"]["onnx"]["path"] == "model.onnx"
+    manifest = json.loads(stdout)  # stdout holds the JSON alone; the report went to stderr
+    assert manifest["files"]["onnx"]["path"] == "model.onnx" and "exported" in err
+    assert files_in(d) == sorted(["model.onnx", artifacts.MANIFEST_NAME])
+    report = tmp_path / "reports" / "export.json"
+    code, stdout, err = cli(capsys, "export", tiny_ckpt, "-o", d / "model.onnx",
+                            "--no-validate", "--no-simplify", "--json", report)
+    assert code == 0, err
+    assert "exported" in stdout and json.loads(report.read_text())["files"]["onnx"] == \
+        json.loads((d / artifacts.MANIFEST_NAME).read_text())["files"]["onnx"]
     assert files_in(d) == sorted(["model.onnx", artifacts.MANIFEST_NAME])
     code, stdout, _ = cli(capsys, "export", "--help")
     assert code == 0

@@ -38,7 +38,7 @@ def validation_report() -> ValidationReport:
 
 
 def bench_result() -> BenchResult:
-    lat = LatencyStats(1, 1, 1, 1, 1, 1, 1)
+    lat = LatencyStats(1, 1, 1, 1, 1, 1, 1, 1)
     row = BatchResult(batch=1, dyt=Measurement(batch=1, latency=lat, iterations=5, wall_s=1.0))
     return BenchResult(artifact={"path": "a"}, target="onnxruntime", precision="fp32",
                        settings={}, machine={}, runtime={}, results=[row], created=CREATED)
@@ -62,12 +62,12 @@ def test_validate_and_bench_reports_share_the_header():
 def test_the_encoder_writes_numpy_paths_sets_and_dataclasses():
     payload = {"f": np.float32(0.5), "i": np.int64(3), "b": np.bool_(True),
                "a": np.arange(3), "p": Path("/x/y"), "s": {2}, "d": Point(1, 2.5),
-               "t": (1, 2), "r": LatencyStats(1, 2, 3, 4, 5, 6, 7)}
+               "t": (1, 2), "r": LatencyStats(1, 2, 3, 4, 5, 6, 7, 8)}
     back = json.loads(to_json(payload))
     assert back == {"f": 0.5, "i": 3, "b": True, "a": [0, 1, 2], "p": "/x/y", "s": [2],
                     "d": {"x": 1, "y": 2.5}, "t": [1, 2],
-                    "r": {"mean": 1, "p50": 2, "p90": 3, "p99": 4, "min": 5, "max": 6,
-                          "count": 7}}
+                    "r": {"mean": 1, "p50": 2, "p90": 3, "p95": 4, "p99": 5, "min": 6,
+                          "max": 7, "count": 8}}
     assert to_json({"a": 1}) == '{\n  "a": 1\n}\n'
     with pytest.raises(TypeError, match="not JSON-serialisable: object"):
         json_default(object())

@@ -74,9 +74,11 @@ def test_dry_run_for_v100_int8_only_tensorrt_10_and_a_warning(capsys, tiny_ov_wo
 
 
 def test_dry_run_json_and_auto_without_gpu(capsys, tiny_ov_work, bare_machine):
-    code, out, err = cli(capsys, "build", "-t", "tensorrt", tiny_ov_work, "--dry-run", "--json")
+    code, out, err = cli(capsys, "build", "-t", "tensorrt", tiny_ov_work, "--dry-run", "--json",
+                         "-")
     assert code == 0, err
-    plan = json.loads(out)
+    plan = json.loads(out)  # stdout holds the JSON alone; the plan's tables went to stderr
+    assert "Equivalent trtexec command" in err
     assert plan["dry_run"] is True and plan["gpu"] is None and plan["ok"] is False
     assert {p["kind"] for p in plan["problems"]} == {"gpu", "tensorrt"}
     assert set(plan["trtexec"]) == {"10", "11"}

@@ -4,6 +4,7 @@ prints the summary, and (slow) the digits demo meets its claim."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -93,13 +94,27 @@ def test_cli_train_prints_the_summary_and_next_step(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(presets, "PRESET_ARCH", dict(img_size=32, patch_size=8, embed_dim=32,
                                                        depth=2, num_heads=2, mlp_ratio=2.0))
     out = tmp_path / "m.safetensors"
+    report = tmp_path / "train.json"
     code = main(["train", "--epochs", "1", "--batch-size", "128", "--threads", "1",
-                 "-o", str(out)])
+                 "-o", str(out), "--json", str(report)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "held-out accuracy" in captured.out and "background vs digit" in captured.out
     assert f"dyt-edge inspect {out} --data digits" in captured.out.replace("\n", "")
     assert out.is_file()
+    saved = json.loads(report.read_text())
+    assert saved["schema"] == "dyt-edge.train" and saved["schema_version"] == 1
+    assert saved["checkpoint"] == str(out) and saved["config"]["epochs"] == 1
+    assert saved["epochs_run"] == len(saved["history"]) == 1
+    assert len(saved["activation_per_dispatcher"]) == len(saved["dispatchers"]) == 2
+
+    code = main(["train", "--epochs", "1", "--batch-size", "128", "--threads", "1",
+                 "-o", str(tmp_path / "again.safetensors"), "--json", "-"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    again = json.loads(captured.out)  # stdout holds the JSON alone
+    assert again["accuracy"] == saved["accuracy"]  # same seed and threads: the same model
+    assert "held-out accuracy" in captured.err and "epoch   1/1" in captured.err
 
     code = main(["train", "--rate", "2"])
     err = capsys.readouterr().err

@@ -166,6 +166,22 @@ def test_default_output_dir_for_a_checkpoint_does_not_block_its_export(tmp_path,
     assert json.loads((figs / "activation.json").read_text())["target_rate"] is None
 
 
+def test_cli_json_carries_activation_json(tmp_path, capsys, plain_ckpt, npz_data):
+    out = tmp_path / "figs"
+    code, stdout, err = cli(capsys, "visualize", plain_ckpt, "--data", npz_data, "--images", 1,
+                            "-o", out, "--json", "-")
+    assert code == 0, err
+    printed = json.loads(stdout)  # stdout holds the JSON alone; the lines went to stderr
+    assert printed == json.loads((out / "activation.json").read_text())
+    assert printed["schema"] == "dyt-edge.visualize" and f"wrote {out / 'tokens.png'}" in err
+    report = tmp_path / "reports" / "vis.json"
+    code, stdout, err = cli(capsys, "visualize", plain_ckpt, "--data", npz_data, "--images", 1,
+                            "-o", out, "--json", report)
+    assert code == 0, err
+    assert json.loads(report.read_text()) == json.loads((out / "activation.json").read_text())
+    assert f"wrote {report}" in stdout
+
+
 def write_torch_artifact(directory: Path, ckpt: Path) -> Path:
     """An artifact directory the PyTorch reference runs (it rebuilds the recorded checkpoint):
     the manifest fields `dyt-edge export` writes that the runtimes read, without an ONNX file."""

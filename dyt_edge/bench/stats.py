@@ -15,6 +15,7 @@ class LatencyStats:
     mean: float
     p50: float
     p90: float
+    p95: float
     p99: float
     min: float
     max: float
@@ -41,7 +42,8 @@ def latency_stats(seconds: Sequence[float]) -> LatencyStats:
         raise ValueError("no latencies")
     ms = sorted(float(s) * 1e3 for s in seconds)
     return LatencyStats(mean=sum(ms) / len(ms), p50=percentile(ms, 50), p90=percentile(ms, 90),
-                        p99=percentile(ms, 99), min=ms[0], max=ms[-1], count=len(ms))
+                        p95=percentile(ms, 95), p99=percentile(ms, 99), min=ms[0], max=ms[-1],
+                        count=len(ms))
 
 
 def ratios(dyt_ips: Optional[float], complete_ips: Optional[float],

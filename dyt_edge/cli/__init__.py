@@ -32,7 +32,7 @@ app = typer.Typer(
     name="dyt-edge",
     help="Turn trained DyT checkpoints into fast, verified deployment artifacts.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -63,6 +63,7 @@ def _root(
 
 def _register() -> None:
     from . import bench as bench_cmd
+    from . import checks as checks_cmd
     from . import build as build_cmd
     from . import demo as demo_cmd
     from . import export as export_cmd
@@ -79,6 +80,7 @@ def _register() -> None:
     app.command("validate")(validate_cmd.validate)
     app.command("bench")(bench_cmd.bench)
     app.command("visualize")(visualize_cmd.visualize)
+    app.command("checks")(checks_cmd.checks)
 
 
 _register()
@@ -99,6 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     except _EXIT as exc:
         return exc.exit_code
+    except SystemExit as exc:  # shell completion (--show-completion, _DYT_EDGE_COMPLETE) exits
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        return _fail(str(exc.code), 1)
     except _ABORT:
         return _fail("aborted", 130)
     except _CLICK_ERRORS as exc:

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import Data
+from .options import (Data, JsonOut, check_json_out, emit_json, human_console,
+                      json_stdout_guard, json_to_stdout)
 
 BENCH_PANEL = "Benchmark"
 RUNTIME_PANEL = "Runtime"
@@ -52,24 +53,22 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(
         "--threads", show_default=False, help="Inference threads. \\[default: the runtime's]",
         rich_help_panel=RUNTIME_PANEL)] = None,
-    json_path: Annotated[Optional[Path], typer.Option(
-        "--json", show_default=False, help="Write the results as JSON to this file (schema: "
-        "docs/reports.md).", rich_help_panel=BENCH_PANEL)] = None,
+    json_out: JsonOut = None,
     plot: Annotated[bool, typer.Option(
         "--plot", help="Chart throughput and speedup per batch size (PNG).",
         rich_help_panel=BENCH_PANEL)] = False,
     plot_dir: Annotated[Optional[Path], typer.Option(
         "--plot-dir", show_default=False, help="Where --plot writes (implies --plot). "
-        "\\[default: beside --json, else <artifact>/bench/]",
+        "\\[default: beside --json PATH, else <artifact>/bench/]",
         rich_help_panel=BENCH_PANEL)] = None,
 ) -> None:
     """Time an artifact on a runtime against its complete model: img/s, latency, speedup.
 
-    Per batch size: throughput (img/s) and latency mean / p50 / p90 / p99 of single inferences,
-    for the DyT artifact and for the complete model on the same runtime and precision, timed in
-    alternating chunks so that machine noise hits both; the speedup; the activation measured
-    on real images (DATA) with the runtime's own masks; GFLOPs, the FLOPs ratio and the
-    efficiency (speedup / FLOPs ratio).
+    Per batch size: throughput (img/s) and latency mean / p50 / p90 / p95 / p99 of single
+    inferences, for the DyT artifact and for the complete model on the same runtime and
+    precision, timed in alternating chunks so that machine noise hits both; the speedup; the
+    activation measured on real images (DATA) with the runtime's own masks; GFLOPs, the FLOPs
+    ratio and the efficiency (speedup / FLOPs ratio).
     """
     from dyt_edge.bench import check_settings, parse_batches
     from dyt_edge.errors import UsageError
@@ -79,10 +78,8 @@ def bench(
     for name, value in (("--streams", streams), ("--threads", threads)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
-    if json_path is not None:
-        from dyt_edge.report_files import check_json_path
-
-        json_path = check_json_path(json_path, "bench.json")
+    json_out = check_json_out(json_out, "bench.json")
+    json_path = None if json_to_stdout(json_out) else json_out
 
     from rich.console import Console
 
@@ -94,15 +91,13 @@ def bench(
     art, picked = resolve_artifact(artifact)
     if picked:
         err.print(f"using the most recent export: {art.summary()}")
-    result = _run(art, target, err, precision=precision, batches=sizes, duration=duration,
-                  warmup=warmup, data=data, baseline=baseline, hint=hint, streams=streams,
-                  threads=threads, images=images)
-    payload = result.to_dict()
-    render(payload, Console())
-    if json_path is not None:
-        from dyt_edge.report_files import write_report
-
-        write_report(json_path, payload)
+    with json_stdout_guard(json_out):
+        result = _run(art, target, err, precision=precision, batches=sizes, duration=duration,
+                      warmup=warmup, data=data, baseline=baseline, hint=hint, streams=streams,
+                      threads=threads, images=images)
+        payload = result.to_dict()
+        render(payload, human_console(json_out))
+    if emit_json(json_out, payload) is not None:
         err.print(f"wrote {json_path}")
     if plot or plot_dir is not None:
         out = plot_dir or (json_path.parent if json_path is not None else art.path / "bench")
@@ -182,7 +177,7 @@ def render(result: dict[str, Any], console: Any) -> None:
         console.print(f"GFLOPs: {fl['dyt_gflops']:.4g} (DyT at that activation) vs "
                       f"{fl['complete_gflops']:.4g} (complete): ratio {fl['ratio']:.2f}x")
     headers = ("batch", "DyT\nimg/s", "complete\nimg/s", "speedup", "FLOPs\nratio",
-               "effi-\nciency", "DyT ms\nmean", "\np50", "\np90", "\np99")
+               "effi-\nciency", "DyT ms\nmean", "\np50", "\np90", "\np95", "\np99")
     rows = []
     for r in result["results"]:
         lat = r["dyt"]["latency_ms"]
@@ -191,7 +186,7 @@ def render(result: dict[str, Any], console: Any) -> None:
                      _ips(c["images_per_s"] if c else None),
                      _num(r["speedup"], ".2f", "x"), _num(r["flops_ratio"], ".2f", "x"),
                      _num(r["efficiency"], ".2f"),
-                     *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p99"))))
+                     *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p95", "p99"))))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 0, 0, 1))
     for i, col in enumerate(headers):

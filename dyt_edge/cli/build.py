@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
 
 import typer
 
-from ..reports import to_json
-from .options import Json, size_text
+from .options import JsonOut, check_json_out, emit_json, human_console, size_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..manifest import Manifest
@@ -83,7 +82,7 @@ def build(
         help="Artifact directory to write (replaced as a whole). \\[default: <export "
         "dir>/<target>-<precision>/; TensorRT: <export dir>/tensorrt-<gpu>-<precision>/]")
     ] = None,
-    as_json: Json = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Build a deployment artifact from an export: OpenVINO IR at fp32 / bf16 / fp16, or INT8.
 
@@ -113,6 +112,7 @@ def build(
                         output=output, **trt_options)
     opts = check_options(opts)
     get_builder(opts.target).check(opts)
+    json_out = check_json_out(json_out, "build.json")
 
     from rich.console import Console
 
@@ -129,12 +129,12 @@ def build(
     if dry_run:
         with contextlib.redirect_stdout(sys.stderr):
             plan = plan_build(artifact, opts.target, progress=err.print, **kwargs)
-        _print_plan(plan, as_json)
+        _print_plan(plan, json_out)
         return
 
     # Progress goes to stderr: a transient spinner (nothing is left behind, so a bad input
     # still ends in exactly one line), then NNCF's own progress bars while it quantizes (NNCF
-    # draws them on stdout: redirected to stderr too, so --json output stays clean).
+    # draws them on stdout: redirected to stderr too, so --json - output stays clean).
     blocked = failure = None
     with contextlib.redirect_stdout(sys.stderr), err.status("building") as status:
         stopped = []
@@ -145,8 +145,7 @@ def build(
             elif stage.startswith("quantizing"):
                 status.stop()
                 stopped.append(True)
-                if not as_json:
-                    err.print(f"{stage}...")
+                err.print(f"{stage}...")
             else:
                 status.update(f"{stage}...")
                 if stopped:
@@ -161,24 +160,19 @@ def build(
                 raise
             failure = error
     if blocked is not None:
-        _print_plan(blocked, as_json)  # what it would have done, then the one-line error
+        _print_plan(blocked, json_out)  # what it would have done, then the one-line error
         raise failure
-    if as_json:
-        typer.echo(to_json({"path": str(result.path), "source": str(result.source.path),
-                            "picked": result.picked, "build": result.build}), nl=False)
-        return
-    render(result)
+    render(result, human_console(json_out))
+    emit_json(json_out, {"path": str(result.path), "source": str(result.source.path),
+                         "picked": result.picked, "build": result.build})
 
 
-def _print_plan(plan: Any, as_json: bool) -> None:
-    if as_json:
-        typer.echo(to_json(plan.to_dict()), nl=False)
-        return
-    from rich.console import Console
-
+def _print_plan(plan: Any, json_out: Optional[Path]) -> None:
+    """The plan's tables (stdout, or stderr with ``--json -``), then its JSON per ``--json``."""
     from dyt_edge.exporters.tensorrt.plan import render as render_plan
 
-    render_plan(plan, Console(soft_wrap=True))
+    render_plan(plan, human_console(json_out, soft_wrap=True))
+    emit_json(json_out, plan.to_dict())
 
 
 def _pct(x: Optional[float]) -> str:

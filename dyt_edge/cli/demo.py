@@ -3,10 +3,11 @@ CPU target, and print one summary table. The library is :mod:`dyt_edge.demo`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from .options import JsonOut, check_json_out, emit_json, human_console, json_stdout_guard
 
 
 def demo(
@@ -16,8 +17,7 @@ def demo(
     duration: Annotated[float, typer.Option(
         "--duration", help="Seconds of timing per model and batch size in the benchmarks.")]
     = 1.5,
-    json_path: Annotated[Optional[Path], typer.Option(
-        "--json", show_default=False, help="Also write the summary to this JSON file.")] = None,
+    json_out: JsonOut = None,
     vitb: Annotated[bool, typer.Option(
         "--vitb/--no-vitb", help="Also measure a synthetic ViT-B/16 DyT (random weights, about "
         "2 minutes and 1.5 GB of files the first time) against its complete model on "
@@ -40,18 +40,14 @@ def demo(
 
     if not duration > 0:
         raise UsageError(f"--duration must be positive, got {duration}")
-    if json_path is not None:
-        from dyt_edge.report_files import check_json_path
-
-        json_path = check_json_path(json_path)
-    out, err = Console(width=max(Console().width, 140)), Console(stderr=True)
-    result = run_demo(retrain=retrain, duration=duration, realistic=vitb,
-                      say=lambda m: err.print(m, highlight=False))
-    render(result, out)
-    if json_path is not None:
-        from dyt_edge.report_files import write_report
-
-        write_report(json_path, result.to_dict())
+    json_out = check_json_out(json_out, "demo.json")
+    out = human_console(json_out, width=max(Console().width, 140))
+    err = Console(stderr=True)
+    with json_stdout_guard(json_out):
+        result = run_demo(retrain=retrain, duration=duration, realistic=vitb,
+                          say=lambda m: err.print(m, highlight=False))
+        render(result, out)
+    emit_json(json_out, result.to_dict())
     if not result.passed:
         raise typer.Exit(1)
 

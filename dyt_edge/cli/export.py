@@ -3,14 +3,14 @@ tokens, with its manifest and graph report."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ClassNamesFile, ImgSize,
-                      Json, NumHeads, Preproc, model_overrides, size_text)
+                      JsonOut, NumHeads, Preproc, check_json_out, emit_json, human_console,
+                      json_stdout_guard, model_overrides, size_text)
 
 EXPORT_PANEL = "Export"
 _FORMATS = "onnx | openvino"
@@ -62,7 +62,7 @@ def export(
         "model.onnx go beside it): then only the artifact's own files in out/ are written or "
         "replaced, the rest of out/ is left alone. \\[default: dyt-edge-out/<checkpoint "
         "stem>/]", rich_help_panel=EXPORT_PANEL)] = None,
-    as_json: Json = False,
+    json_out: JsonOut = None,
     adapter_scale: AdapterScale = None,
     adapter_layernorm: AdapterLayerNorm = None,
     num_heads: NumHeads = None,
@@ -95,6 +95,7 @@ def export(
     overrides = model_overrides(adapter_scale, adapter_layernorm, num_heads, img_size,
                                 preprocessing)
     _check_checkpoint_path(checkpoint)
+    json_out = check_json_out(json_out, "export.json")
 
     from rich.console import Console
 
@@ -102,23 +103,19 @@ def export(
     from dyt_edge.exporters.pipeline import export_checkpoint
 
     err = Console(stderr=True)
-    try:
-        if as_json:
-            result = export_checkpoint(checkpoint, output, options, overrides=overrides,
-                                       class_names=class_names)
-        else:
+    console = human_console(json_out)
+    with json_stdout_guard(json_out):
+        try:
             with err.status("exporting") as status:
                 result = export_checkpoint(
                     checkpoint, output, options, overrides=overrides, class_names=class_names,
                     progress=lambda stage: status.update(f"{stage}..."))
-    except ValidationError as exc:
-        if exc.result is not None and not as_json:
-            render_validation(exc.result, Console())
-        raise
-    if as_json:
-        typer.echo(json.dumps(result.manifest, indent=2))
-    else:
-        render(result)
+        except ValidationError as exc:
+            if exc.result is not None:
+                render_validation(exc.result, console)
+            raise
+        render(result, console)
+    emit_json(json_out, result.manifest)
 
 
 def _check_checkpoint_path(path: Path) -> None:
@@ -131,15 +128,17 @@ def _check_checkpoint_path(path: Path) -> None:
                               "pass the .pth/.pt/.safetensors file")
 
 
-def render(result: Any) -> None:
-    from rich.console import Console
+def render(result: Any, console: Any = None) -> None:
     from rich.table import Table
 
     from dyt_edge.artifacts import MANIFEST_NAME
     from dyt_edge.exporters.graph_report import dispatch_summary
     from dyt_edge.exporters.graph_report import render as render_report
 
-    console = Console()
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
     info = result.artifact.info
     batch = "dynamic batch" if info.batch is None else f"static batch {info.batch}"
     d = info.dispatch

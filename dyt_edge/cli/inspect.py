@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
 from .options import (AdapterLayerNorm, AdapterScale, CheckpointArg, ClassNamesFile, Data,
-                      ImgSize, Json, NumHeads, Preproc, model_overrides)
+                      ImgSize, JsonOut, NumHeads, Preproc, check_json_out, emit_json,
+                      human_console, json_stdout_guard, model_overrides)
 
 
 def inspect(
     checkpoint: CheckpointArg,
     data: Data = None,
-    samples: Annotated[int, typer.Option("--samples", help="Images to measure on (with --data).")] = 512,
+    samples: Annotated[int, typer.Option(
+        "--samples", help="Images to measure on (with --data).")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for --data.")] = 64,
-    as_json: Json = False,
+    json_out: JsonOut = None,
     adapter_scale: AdapterScale = None,
     adapter_layernorm: AdapterLayerNorm = None,
     num_heads: NumHeads = None,
@@ -34,34 +35,38 @@ def inspect(
 
     overrides = model_overrides(adapter_scale, adapter_layernorm, num_heads, img_size,
                                 preprocessing)
-    if as_json or data is None:
-        info = inspect_checkpoint(checkpoint, data=data, samples=samples, batch_size=batch_size,
-                                  class_names=class_names, **overrides)
-    else:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task("measuring dispatch", total=None)
+    json_out = check_json_out(json_out, "inspect.json")
+    with json_stdout_guard(json_out):
+        if data is None:
             info = inspect_checkpoint(checkpoint, data=data, samples=samples,
                                       batch_size=batch_size, class_names=class_names,
-                                      progress=lambda n: bar.advance(task, n), **overrides)
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-    else:
-        render(info)
+                                      **overrides)
+        else:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            with Progress(console=Console(stderr=True), transient=True) as bar:
+                task = bar.add_task("measuring dispatch", total=None)
+                info = inspect_checkpoint(checkpoint, data=data, samples=samples,
+                                          batch_size=batch_size, class_names=class_names,
+                                          progress=lambda n: bar.advance(task, n), **overrides)
+        render(info, human_console(json_out))
+    emit_json(json_out, info)
 
 
 def _m(n: float) -> str:
     return f"{n / 1e6:.3f} M" if n < 1e9 else f"{n / 1e9:.2f} G"
 
 
-def render(info: dict[str, Any]) -> None:
-    from rich.console import Console
+def render(info: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     from ..config import Preprocessing
 
-    console = Console()
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
     cfg, prov, params = info["config"], info["provenance"], info["parameters"]
     ck = info["checkpoint"]
     pre = cfg["preprocessing"]

@@ -1,10 +1,19 @@
-"""Options shared by several commands (Annotated aliases), so each is spelled once, and the
-few formatting helpers their tables share."""
+"""Options shared by several commands (Annotated aliases), so each is spelled once, the one
+``--json`` convention, and the few formatting helpers their tables share.
+
+``--json PATH`` writes a command's result as JSON to PATH (checked before any work starts,
+written atomically at the end); ``--json -`` prints that JSON on stdout instead, and then
+stdout carries nothing else: tables, progress and messages go to stderr. A command checks the
+value with :func:`check_json_out` first, prints its tables on :func:`human_console`, runs its
+work inside :func:`json_stdout_guard` and ends with :func:`emit_json`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Mapping, Optional
 
 import typer
 
@@ -35,7 +44,69 @@ ClassNamesFile = Annotated[Optional[Path], typer.Option(
 
 Data = Annotated[Optional[str], typer.Option(
     "--data", help="Images: 'digits', an ImageFolder directory, or an .npz (images, labels).")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+JsonOut = Annotated[Optional[Path], typer.Option(
+    "--json", metavar="PATH", show_default=False,
+    help="Write the result as JSON to PATH (schema: docs/reports.md); '-' prints it on stdout "
+    "instead, and everything else goes to stderr.")]
+
+
+def json_to_stdout(json_out: Optional[Path]) -> bool:
+    """Whether ``--json -`` was given (the JSON goes to stdout)."""
+    return json_out is not None and str(json_out) == "-"
+
+
+def check_json_out(json_out: Optional[Path], example: str = "report.json") -> Optional[Path]:
+    """``--json``'s value, checked before any work: None, ``-`` (stdout), or a file path that
+    can be written (missing parents created); a one-line :class:`UsageError` otherwise."""
+    if json_out is None or json_to_stdout(json_out):
+        return json_out
+    from ..report_files import check_json_path
+
+    return check_json_path(json_out, example)
+
+
+def human_console(json_out: Optional[Path] = None, **kwargs: Any) -> Any:
+    """The rich console for tables and messages: stdout, or stderr with ``--json -``."""
+    from rich.console import Console
+
+    return Console(stderr=json_to_stdout(json_out), **kwargs)
+
+
+@contextlib.contextmanager
+def json_stdout_guard(json_out: Optional[Path]) -> Iterator[None]:
+    """With ``--json -``, whatever the work prints on stdout (a library's own messages, a
+    ``typer.echo``) goes to stderr, so stdout holds the JSON alone."""
+    if not json_to_stdout(json_out):
+        yield
+        return
+    _STDOUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _STDOUT.pop()
+
+
+_STDOUT: list[Any] = []
+"""The real stdouts behind the active :func:`json_stdout_guard` blocks (innermost last)."""
+
+
+def emit_json(json_out: Optional[Path], payload: Mapping[str, Any]) -> Optional[Path]:
+    """Write ``payload`` (:func:`dyt_edge.reports.to_json`) where ``--json`` says: on stdout for
+    ``-`` (returns None), else atomically to the file (returns its path). Nothing without
+    ``--json``."""
+    if json_out is None:
+        return None
+    if json_to_stdout(json_out):
+        from ..reports import to_json
+
+        out = _STDOUT[-1] if _STDOUT else sys.stdout
+        out.write(to_json(payload))
+        out.flush()
+        return None
+    from ..report_files import write_report
+
+    return write_report(json_out, payload)
 
 
 def model_overrides(adapter_scale: Optional[float] = None, adapter_layernorm: Optional[str] = None,

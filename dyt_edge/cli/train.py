@@ -7,6 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .options import JsonOut, check_json_out, emit_json, human_console, json_stdout_guard
+
 ARCH_PANEL = "Model"
 TRAIN_PANEL = "Training"
 
@@ -65,6 +67,7 @@ def train(
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Where to write the model (default runs/<data>-<variant>"
         ".safetensors).")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Fine-tune a DyT model on a dataset with the paper's recipe, then save it.
 
@@ -84,19 +87,22 @@ def train(
         num_experts=experts, adapter_dim=adapter_dim, adapter_scale=adapter_scale,
         target_rate=rate, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         freeze_backbone=freeze, threads=threads, output=str(out))
-    result = _run_with_progress(cfg)
-    render(result)
+    json_out = check_json_out(json_out, "train.json")
+    console = human_console(json_out)
+    with json_stdout_guard(json_out):
+        result = _run_with_progress(cfg, console)
+        render(result, console)
+    emit_json(json_out, result.to_dict())
 
 
-def _run_with_progress(cfg: Any):
+def _run_with_progress(cfg: Any, out: Any):
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     from ..train import TrainEvent, train
 
-    console = Console(stderr=True)
-    out = Console()  # notes and epochs on stdout; stderr stays for the bar and errors
+    console = Console(stderr=True)  # the bar; notes and epochs go to `out` (stdout)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -121,12 +127,14 @@ def _run_with_progress(cfg: Any):
         return train(cfg, progress=on_event)
 
 
-def render(result: Any) -> None:
-    from rich.console import Console
+def render(result: Any, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
     if result.showcase:
         console.print("[bold]Held-out digits and each dispatcher's decisions[/bold] "
                       "(# token runs the MLP, . token skips it)")

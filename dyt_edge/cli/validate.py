@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .options import JsonOut, check_json_out, emit_json, human_console, json_stdout_guard
+
 CHECK_PANEL = "Thresholds (default: per precision, see docs/validate.md)"
 
 
@@ -31,10 +33,7 @@ def validate(
     batch: Annotated[Optional[int], typer.Option(
         "--batch", "-b", show_default=False,
         help="Images per inference. \\[default: 32, or the artifact's static batch]")] = None,
-    json_path: Annotated[Optional[Path], typer.Option(
-        "--json", show_default=False,
-        help="Also write the full result to this JSON file (schema: docs/reports.md).")]
-    = None,
+    json_out: JsonOut = None,
     max_diff: Annotated[Optional[float], typer.Option(
         "--max-diff", show_default=False, rich_help_panel=CHECK_PANEL,
         help="Max abs logit difference on images with no flipped gate, absolute (default at "
@@ -57,9 +56,7 @@ def validate(
     overflow for capacity exports, and with labels the accuracy of both and the delta. Each
     check is listed with its threshold; the exit code is 1 when one fails.
     """
-    from dyt_edge.report_files import check_json_path
-    from dyt_edge.validate import (Thresholds, check_target, pick_artifact, validate_artifact,
-                                   write_json)
+    from dyt_edge.validate import Thresholds, check_target, pick_artifact, validate_artifact
 
     # Flags first (cheap, one line each), before anything is loaded.
     target_name = check_target(target)
@@ -77,24 +74,24 @@ def validate(
         from dyt_edge.runtimes import canonical_precision
 
         precision = canonical_precision(precision)
-    out_json = check_json_path(json_path, "validate.json") if json_path is not None else None
+    json_out = check_json_out(json_out, "validate.json")
 
     from rich.console import Console
 
-    console = Console()
+    console = human_console(json_out)
     err = Console(stderr=True)
     art, picked = pick_artifact(artifact, target_name)
     if picked:
         err.print(f"using the most recent export: {art.summary()}", highlight=False)
-    with err.status(f"validating on {target_name}") as status:
+    with json_stdout_guard(json_out), err.status(f"validating on {target_name}") as status:
         report = validate_artifact(
             art, target_name, precision=precision, data=data, samples=samples, batch=batch,
             thresholds=overrides, progress=lambda msg: status.update(f"{msg}..."))
     report.artifact["picked"] = picked
     render(report, console)
-    if out_json is not None:
-        write_json(report, out_json)
-        console.print(f"wrote {out_json}", highlight=False)
+    written = emit_json(json_out, report.to_dict())
+    if written is not None:
+        console.print(f"wrote {written}", highlight=False)
     report.raise_if_failed()
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (AdapterLayerNorm, AdapterScale, Data, ImgSize, NumHeads, Preproc,
+from .options import (AdapterLayerNorm, AdapterScale, Data, ImgSize, JsonOut, NumHeads,
+                      Preproc, check_json_out, emit_json, json_stdout_guard, json_to_stdout,
                       model_overrides)
 
 
@@ -35,6 +36,7 @@ def visualize(
     num_heads: NumHeads = None,
     img_size: ImgSize = None,
     preprocessing: Preproc = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Draw what the dispatchers do on real images.
 
@@ -42,17 +44,19 @@ def visualize(
     overall mean and the training target r when known), tokens.png (a few images with the
     patch tokens each layer keeps highlighted), activation_map.png (how often each patch
     position is kept), activation_by_class.png (with labelled data) and activation.json (the
-    numbers behind them). --data defaults to digits for the digits demo model only.
+    numbers behind them). --data defaults to digits for the digits demo model only. --json
+    carries what activation.json holds.
     """
     from ..visualize import visualize as run
 
     overrides = model_overrides(adapter_scale, adapter_layernorm, num_heads, img_size,
                                 preprocessing)
+    json_out = check_json_out(json_out, "visualize.json")
     from rich.console import Console
     from rich.progress import Progress
 
     err = Console(stderr=True)
-    with Progress(console=err, transient=True) as bar:
+    with json_stdout_guard(json_out), Progress(console=err, transient=True) as bar:
         task = bar.add_task("measuring dispatch", total=None)
         result = run(source, data, output, images=images, samples=samples, target=target,
                      batch_size=batch_size, overrides=overrides,
@@ -69,6 +73,10 @@ def visualize(
         line += f"; accuracy {100 * m.accuracy:.2f}%"
     if m.skipped:
         line += f"; {m.skipped} unreadable files skipped"
-    typer.echo(line)
+    to_err = json_to_stdout(json_out)  # --json -: stdout holds the JSON alone
+    typer.echo(line, err=to_err)
     for path in result.paths:
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {path}", err=to_err)
+    written = emit_json(json_out, result.summary())
+    if written is not None:
+        typer.echo(f"wrote {written}", err=to_err)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..artifacts import utc_now
 from ..config import DyTConfig, Preprocessing
 from ..errors import ConfigError, DataError
 from ..token_maps import ascii_token_maps, choose_shown, shown_images, token_maps
@@ -31,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model import DyTVisionTransformer
 
 SHOWCASE_IMAGES = 3
+KIND = "train"
+SCHEMA_VERSION = 1
+"""Version of :meth:`TrainResult.to_dict` (``dyt-edge train --json``, ``docs/reports.md``)."""
 """digits: held-out images drawn in :attr:`TrainResult.showcase`."""
 
 
@@ -87,6 +91,8 @@ class TrainResult:
     """digits: ASCII pictures of held-out digits next to each dispatcher's token map."""
     notes: list[str] = field(default_factory=list)
     stopped_early: bool = False
+    created: str = ""
+    """When the held-out evaluation finished (ISO-8601 UTC)."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (what the checkpoint metadata records)."""
@@ -100,6 +106,21 @@ class TrainResult:
             "epochs_run": len(self.history), "seconds": round(self.seconds, 2),
             "stopped_early": self.stopped_early,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` report (``docs/reports.md``): the common header, where the model was
+        saved, the resolved configuration, :meth:`summary`'s numbers, the dispatcher names,
+        the per-epoch history and the notes."""
+        from ..reports import report_header
+
+        return {**report_header(KIND, SCHEMA_VERSION, self.created),
+                "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+                "config": self.config.to_dict(), **self.summary(),
+                "total_seconds": round(self.total_seconds, 2),
+                "dispatchers": list(self.dispatchers),
+                "background_per_dispatcher": self.background_per_dispatcher,
+                "foreground_per_dispatcher": self.foreground_per_dispatcher,
+                "history": self.history, "notes": list(self.notes)}
 
 
 OnEvent = Callable[[TrainEvent], None]
@@ -184,7 +205,7 @@ def train(cfg: TrainConfig, progress: Optional[OnEvent] = None) -> TrainResult:
             activation_mean=float(masks.float().mean()), activation_per_dispatcher=per,
             dispatchers=mcfg.dispatcher_names, seconds=seconds, total_seconds=0.0,
             train_size=len(train_set), test_size=len(test_set), data_name=name,
-            skipped=skipped, notes=notes, stopped_early=stopped_early)
+            skipped=skipped, notes=notes, stopped_early=stopped_early, created=utc_now())
         if rc.data == "digits":
             raw = test_set.raw(pre)
             bg = patch_background(raw, mcfg.patch_size)
