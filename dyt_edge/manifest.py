@@ -132,6 +132,9 @@ class Manifest:
     opset: Optional[int] = None
     inputs: tuple[Mapping[str, Any], ...] = ()
     """``name``, ``shape``, ``dtype`` of each graph input."""
+    outputs: tuple[Mapping[str, Any], ...] = ()
+    """``name``, ``shape``, ``dtype`` of each graph output (``logits``, and ``masks`` where
+    the export exposes them)."""
     build: Optional[Build] = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole manifest as read."""
@@ -169,8 +172,9 @@ class Manifest:
         o = raw.get("output")
         output = (Output(str(o.get("mode") or "directory"), o.get("name"))
                   if isinstance(o, Mapping) else Output())
-        listed = raw.get("inputs") if isinstance(raw.get("inputs"), list) else []
-        inputs = tuple(i for i in listed if isinstance(i, Mapping))
+        def tensors(key: str) -> tuple[Mapping[str, Any], ...]:
+            listed = raw.get(key) if isinstance(raw.get(key), list) else []
+            return tuple(i for i in listed if isinstance(i, Mapping))
         batch = raw.get("batch", "dynamic")
         if batch not in (None, "dynamic") and not isinstance(batch, int):
             raise ArtifactError(f"{where} has an invalid batch {batch!r}", FIX)
@@ -189,7 +193,8 @@ class Manifest:
                    output=output, variant=raw.get("variant"), adapter=raw.get("adapter"),
                    class_names=tuple(names) if isinstance(names, list) else None,
                    class_names_source=raw.get("class_names_source"), opset=raw.get("opset"),
-                   inputs=inputs, build=build, raw=raw)
+                   inputs=tensors("inputs"), outputs=tensors("outputs"), build=build,
+                   raw=raw)
 
     # -- derived ------------------------------------------------------------------------------
     @property

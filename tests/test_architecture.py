@@ -3,7 +3,7 @@
 Layers, each importing only itself and the layers below it:
 
     api       ``dyt_edge`` (the package's lazy public names), ``dyt_edge.cli``, ``__main__``
-    commands  build, validate, bench, train, demo, inspection, visualize, baseline,
+    commands  build, validate, bench, train, demo, inspection, visualize, baseline, serving,
               checks
     exporters ``dyt_edge.exporters`` (ONNX export, the builders per target)
     calibration ``dyt_edge.calibration`` (lower precisions per target)
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"dyt_edge": "dyt_edge", "exporters": "dyt_edge.exporters",
            "runtimes": "dyt_edge.runtimes", "calibration": "dyt_edge.calibration"}
 COMMANDS = ("build", "validate", "bench", "train", "demo", "inspection", "visualize",
-            "baseline", "checks")
+            "baseline", "serving", "checks")
 LAYERS = ("core", "runtimes", "calibration", "exporters", "commands", "api")
 MODEL_MAY_IMPORT = ("dyt_edge.model", "dyt_edge.config", "dyt_edge.errors")
 

@@ -33,7 +33,6 @@ SERVE = "dyt_edge.serving.tritonserver.availability"
 @pytest.fixture
 def no_serve(monkeypatch):
     """A serve extra that says why it cannot run."""
-    pytest.importorskip("dyt_edge.serving.tritonserver")
     monkeypatch.setattr(SERVE, lambda: (False, "nvidia-pytriton is not installed (pip ...)"))
 
 
@@ -119,7 +118,6 @@ def test_no_gpu_no_tensorrt_and_serve_unavailable(no_gpu_no_serve):
 def test_serve_that_cannot_import_or_raises_is_reported(monkeypatch, bare_machine):
     import sys
 
-    pytest.importorskip("dyt_edge.serving.tritonserver")
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "dyt_edge.serving.tritonserver", None)
         serve = checks.serve_status()

@@ -68,6 +68,8 @@ def _register() -> None:
     from . import demo as demo_cmd
     from . import export as export_cmd
     from . import inspect as inspect_cmd
+    from . import package as package_cmd
+    from . import serve as serve_cmd
     from . import train as train_cmd
     from . import validate as validate_cmd
     from . import visualize as visualize_cmd
@@ -81,6 +83,8 @@ def _register() -> None:
     app.command("bench")(bench_cmd.bench)
     app.command("visualize")(visualize_cmd.visualize)
     app.command("checks")(checks_cmd.checks)
+    app.command("package")(package_cmd.package)
+    app.command("serve")(serve_cmd.serve)
 
 
 _register()
