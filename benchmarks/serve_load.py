@@ -14,7 +14,9 @@ Every served answer is checked: its logits must match the direct run of the same
                                     [--json FILE]
 
 Reports requests/s (one image each), client-side latency p50 / p95 / p99, failed requests,
-the merged batch sizes the server ran, and the direct run's images/s and latency.
+the merged batch sizes the server ran, and the direct run's images/s and latency at batch 1
+(one call per image, what a single process serving requests one by one does) and at
+`--max-batch` (the most the runtime gives this artifact on this machine; half as long).
 """
 
 from __future__ import annotations
@@ -81,16 +83,20 @@ def serve_chunk(url: str, model: str, clients: int, seconds: float, images, want
             "ok": sum(o["ok"] for o in outs), "failed": sum(o["failed"] for o in outs)}
 
 
-def direct_chunk(rt, images, seconds: float) -> dict:
+def direct_chunk(rt, images, seconds: float, batch: int = 1) -> dict:
+    """The artifact in this process, ``batch`` images per call; ``ok`` counts images."""
     ms, n = [], 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        k = n % len(images)
+        k = (n * batch) % len(images)
+        x = images[k:k + batch]
+        if len(x) < batch:
+            x = images[:batch]
         t1 = time.perf_counter()
-        rt.run(images[k:k + 1])
+        rt.run(x)
         ms.append((time.perf_counter() - t1) * 1e3)
         n += 1
-    return {"wall_s": time.perf_counter() - t0, "ms": ms, "ok": n, "failed": 0}
+    return {"wall_s": time.perf_counter() - t0, "ms": ms, "ok": n * batch, "failed": 0}
 
 
 def batch_sizes(url: str, model: str) -> dict[str, int]:
@@ -121,6 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=20.0,
                         help="seconds of load on the server (the direct run gets as long)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds, each side")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--queue-delay", type=int, default=1000, help="microseconds")
     parser.add_argument("--data", default="digits")
@@ -149,31 +156,35 @@ def main(argv=None) -> int:
                                                   queue_delay_us=args.queue_delay))
     runtime = result.record["artifact"]["format"]
     target = {"openvino": "openvino", "onnx": "onnxruntime", "tensorrt": "tensorrt"}[runtime]
-    served, direct = [], []
+    served, direct, direct_max = [], [], []
     load_before = os.getloadavg()
     with open_runtime(target, art) as rt, TritonServer(ServeOptions(
             work / "repo", http_port=args.port, grpc_port=args.port + 1,
             metrics_port=args.port + 2)) as server:
         want = np.concatenate([rt.run(images[i:i + 8]).logits for i in range(0, len(images), 8)])
         # Warm both up (first inferences compile kernels), unmeasured.
-        serve_chunk(server.http_url, "dyt", args.clients, 2.0, images, want, atol)
-        direct_chunk(rt, images, 2.0)
+        serve_chunk(server.http_url, "dyt", args.clients, args.warmup, images, want, atol)
+        direct_chunk(rt, images, args.warmup)
+        direct_chunk(rt, images, args.warmup, args.max_batch)
         warm = batch_sizes(server.http_url, "dyt")
         per = args.duration / args.rounds
         for _ in range(args.rounds):
             served.append(serve_chunk(server.http_url, "dyt", args.clients, per, images, want,
                                       atol))
             direct.append(direct_chunk(rt, images, per))
+            direct_max.append(direct_chunk(rt, images, per / 2, args.max_batch))
         sizes = batch_sizes(server.http_url, "dyt")
         describe = rt.describe()
     merged = {b: n - warm.get(b, 0) for b, n in sizes.items() if n - warm.get(b, 0) > 0}
-    s, d = summary(served), summary(direct)
+    s, d, dm = summary(served), summary(direct), summary(direct_max)
     report = {
         "artifact": str(art.path), "dispatch": info.dispatch.mode, "runtime": describe,
         "clients": args.clients, "duration_s": args.duration, "rounds": args.rounds,
         "max_batch": args.max_batch, "queue_delay_us": args.queue_delay, "data": args.data,
         "server": {**s, "batch_sizes": merged},
         "direct": {**d, "images_per_s": d["requests_per_s"]},
+        "direct_max_batch": {"images_per_s": dm["requests_per_s"], "batch": args.max_batch,
+                             "latency_ms": dm["latency_ms"], "wall_s": dm["wall_s"]},
         "ratio_server_to_direct": (s["requests_per_s"] / d["requests_per_s"]
                                    if d["requests_per_s"] else None),
         "machine": {"cpu": platform.processor() or platform.machine(),
@@ -188,7 +199,10 @@ def main(argv=None) -> int:
           f"{s['failed']:8d}")
     print(f"{'direct, batch 1':24}{d['requests_per_s']:8.2f}{lat_d.get('p50', 0):9.1f}"
           f"{lat_d.get('p95', 0):9.1f}{lat_d.get('p99', 0):9.1f}{0:8d}")
-    print(f"server / direct: {report['ratio_server_to_direct']:.2f}x; merged batch sizes "
+    print(f"{f'direct, batch {args.max_batch}':24}{dm['requests_per_s']:8.2f}"
+          f"{dm['latency_ms'].get('p50', 0):9.1f}{dm['latency_ms'].get('p95', 0):9.1f}"
+          f"{dm['latency_ms'].get('p99', 0):9.1f}{0:8d}   (latency of a whole batch)")
+    print(f"server / direct batch 1: {report['ratio_server_to_direct']:.2f}x; merged batch sizes "
           f"(size: executions): {merged}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

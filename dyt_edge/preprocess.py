@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .config import RESIZE_MODES, Preprocessing, check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 
@@ -62,6 +63,18 @@ def pil_to_tensor(img, pre: Preprocessing) -> "torch.Tensor":
         if img.height != pre.crop or img.width != pre.crop:
             img = TF.center_crop(img, [pre.crop, pre.crop])
     return TF.pil_to_tensor(img).to(torch.float32).div_(255.0)
+
+
+def preprocess_image(image, pre: Preprocessing) -> "np.ndarray":
+    """One image (a path or a PIL image) -> the model's input ``[3, crop, crop]`` float32,
+    resized, scaled and normalised: what a client sends a server (``dyt-edge package``
+    records the artifact's preprocessing in ``dyt_edge_package.json``)."""
+    if not hasattr(image, "convert"):
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            return preprocess_image(opened, pre)
+    return normalise(pil_to_tensor(image, pre)[None], pre)[0].numpy()
 
 
 def resize_float(x: "torch.Tensor", pre: Preprocessing) -> "torch.Tensor":

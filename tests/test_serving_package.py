@@ -69,11 +69,13 @@ def test_triton_python_config_matches_the_manifest_field_by_field(tiny_ov_export
     assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1
     assert cfg.parameters["runtime"].string_value == "openvino"
     assert cfg.parameters["artifact"].string_value == "artifact"
-    # The artifact travels whole: its manifest and every file it lists, unchanged.
+    # The manifest and the files the OpenVINO runtime reads travel unchanged; not the ONNX.
     copy = model / "1" / "artifact"
     assert (copy / MANIFEST_NAME).read_bytes() == (tiny_ov_export / MANIFEST_NAME).read_bytes()
-    for entry in info.files.values():
-        assert (copy / entry.path).read_bytes() == (tiny_ov_export / entry.path).read_bytes()
+    assert sorted(p.name for p in copy.iterdir()) == [MANIFEST_NAME, "model.bin", "model.xml"]
+    for kind in ("openvino", "openvino_weights"):
+        rel = info.files[kind].path
+        assert (copy / rel).read_bytes() == (tiny_ov_export / rel).read_bytes()
     assert "dyt_edge.serving.triton_python import TritonPythonModel" in \
         (model / "1" / "model.py").read_text()
     record = json.loads((model / "dyt_edge_package.json").read_text())
@@ -227,6 +229,13 @@ def test_ovms_layout_and_config_keep_the_precision_and_do_not_pin_the_batch(tiny
     names = [m["config"]["name"] for m in json.loads((repo / "config.json").read_text())
              ["model_config_list"]]
     assert sorted(names) == ["a", "b"]
+    # A config.json that is not OVMS's is refused before any model folder changes.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"something": "else"}')
+    with pytest.raises(Exception, match="not an OVMS configuration"):
+        package_artifact(load_artifact(tiny_ov_export), PackageOptions("ovms", output=other))
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
 
 
 @pytest.mark.parametrize("server", ["triton", "ovms"])

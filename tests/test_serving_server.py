@@ -44,7 +44,10 @@ def free_ports(n: int) -> list[int]:
 
 
 def port_is_free(port: int) -> bool:
+    """No socket listens on the port (connections in TIME_WAIT do not count: a new server
+    binds over them, as Triton and dyt-edge's own check do)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -88,7 +91,7 @@ def images(n: int, seed: int) -> np.ndarray:
 
 
 def test_serve_answers_http_and_grpc_with_the_runtimes_outputs_and_stops_cleanly(
-        repository, tiny_ov_export):
+        repository, tiny_ov_export, tmp_path):
     from dyt_edge.runtimes import open_runtime
 
     ports = free_ports(3)
@@ -112,6 +115,28 @@ def test_serve_answers_http_and_grpc_with_the_runtimes_outputs_and_stops_cleanly
                 np.testing.assert_array_equal(got.as_numpy("logits"), want.logits)
                 np.testing.assert_array_equal(got.as_numpy("masks"), want.masks)
 
+            # A real client: a non-square picture, preprocessed as the package record says.
+            from PIL import Image
+
+            from dyt_edge.config import Preprocessing
+            from dyt_edge.data import load_images
+            from dyt_edge.preprocess import preprocess_image
+
+            record = json.loads((repository / "tiny" / "dyt_edge_package.json").read_text())
+            pre = Preprocessing.from_dict(record["preprocessing"])
+            pixels = np.random.default_rng(5).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+            folder = tmp_path / "photos" / "any"
+            folder.mkdir(parents=True)
+            Image.fromarray(pixels).save(folder / "photo.png")
+            photo = preprocess_image(folder / "photo.png", pre)[None]
+            # The same pixels every other dyt-edge command feeds the model.
+            same = load_images(str(folder.parent), pre).images.numpy()
+            np.testing.assert_array_equal(photo, same)
+            x = grpcclient.InferInput("images", list(photo.shape), "FP32")
+            x.set_data_from_numpy(photo)
+            np.testing.assert_array_equal(grpc.infer("tiny", [x]).as_numpy("logits"),
+                                          rt.run(photo).logits)
+
             # Concurrent single images: the server merges them into batches.
             batch = images(CLIENTS, 1)
             want = rt.run(batch)
@@ -133,7 +158,7 @@ def test_serve_answers_http_and_grpc_with_the_runtimes_outputs_and_stops_cleanly
         stats = http.get_inference_statistics("tiny")["model_stats"][0]
         sizes = {int(b["batch_size"]) for b in stats["batch_stats"]}
         assert max(sizes) > 1, f"no merged batch was executed: {stats['batch_stats']}"
-        assert int(stats["inference_count"]) == 2 + CLIENTS
+        assert int(stats["inference_count"]) == 3 + CLIENTS
         http.close()
         grpc.close()
     finally:
@@ -280,3 +305,24 @@ def test_the_python_model_splits_merged_requests_and_reports_errors_per_request(
     finally:
         model.finalize()
     assert threads_per_instance(3, cores=8) == 2 and threads_per_instance(4, cores=2) == 1
+
+
+def test_the_load_benchmark_runs_and_checks_every_answer(tiny_ov_export, tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    http = free_ports(1)[0]
+    while not all(port_is_free(p) for p in (http + 1, http + 2)):
+        http = free_ports(1)[0]
+    out = tmp_path / "load.json"
+    code = module.main([str(tiny_ov_export), "--clients", "3", "--duration", "1", "--rounds",
+                        "1", "--warmup", "0.3", "--images", "8", "--port", str(http),
+                        "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["server"]["failed"] == 0
+    assert report["server"]["requests"] > 0 and report["direct"]["requests"] > 0
+    assert set(report["server"]["latency_ms"]) == {"p50", "p95", "p99"}
+    assert "serve, 3 clients" in capsys.readouterr().out

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .._version import __version__
-from ..artifacts import (DEFAULT_ROOT, STAGING_PREFIX, Artifact, atomic_write_bytes,
-                         create_missing_dirs, existing_ancestor, remove_created_dirs, utc_now)
+from ..artifacts import (DEFAULT_ROOT, RETIRED_PREFIX, STAGING_PREFIX, Artifact,
+                         atomic_write_bytes, create_missing_dirs, existing_ancestor,
+                         remove_created_dirs, utc_now)
 from ..errors import ArtifactError, UsageError
 from ..reports import report_header, to_json
 from . import kserve, ovms, triton
@@ -172,7 +173,8 @@ def _swap_in(staging: Path, model_dir: Path) -> None:
     retired = None
     if model_dir.exists():
         _check_model_dir(model_dir)
-        retired = model_dir.parent / f".dyt-edge-retired-{model_dir.name}-{uuid.uuid4().hex[:8]}"
+        # Beside the repository like the staging folder: a server never sees it.
+        retired = staging.parent / f"{RETIRED_PREFIX}{model_dir.name}-{uuid.uuid4().hex[:8]}"
         model_dir.rename(retired)
     try:
         staging.rename(model_dir)
@@ -238,6 +240,8 @@ def package_artifact(artifact: Artifact, options: PackageOptions) -> PackageResu
         ovms.model_file(spec)  # refuses a TensorRT engine before anything is written
         record["ovms"] = ovms.entry(spec, name)
         notes += dispatch_notes(spec, batches=False)
+        # Read (and refuse a foreign) config.json before the model folder is touched.
+        merged = ovms.merged_config(repo / ovms.CONFIG_FILE, record["ovms"])
     created = create_missing_dirs(repo)
     # Staged beside the repository, not in it: a server must never see a half-written model.
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=repo.parent))
@@ -254,9 +258,7 @@ def package_artifact(artifact: Artifact, options: PackageOptions) -> PackageResu
         remove_created_dirs(created)
         raise
     if kind == "ovms":
-        config_path = repo / ovms.CONFIG_FILE
-        merged = ovms.merged_config(config_path, record["ovms"])
-        atomic_write_bytes(config_path, (json.dumps(merged, indent=2) + "\n").encode())
+        atomic_write_bytes(repo / ovms.CONFIG_FILE, (json.dumps(merged, indent=2) + "\n").encode())
     if opts.server == "kserve":
         service = kserve.inference_service(
             name, kind, kserve.check_storage_uri(opts.storage_uri),

@@ -101,6 +101,9 @@ def models_in(repository: Path) -> dict[str, str]:
 def check_port_free(host: str, port: int, flag: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As servers bind: connections a previous server closed (TIME_WAIT) do not hold the
+        # port, a listening socket does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

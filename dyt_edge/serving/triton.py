@@ -9,7 +9,8 @@ Layout (Triton's model repository convention)::
 Backends:
 
 * ``python`` (the default): ``1/model.py`` imports :mod:`dyt_edge.serving.triton_python`, which
-  runs the artifact, copied to ``1/artifact/``, through dyt-edge's own runtime. It serves every
+  runs the artifact through dyt-edge's own runtime: its manifest and the files that runtime
+  reads (:data:`RUNTIME_FILES`) are copied (or hard-linked) to ``1/artifact/``. It serves every
   artifact kind with the precision and dispatch masks ``dyt-edge validate`` checked, and it is
   the one backend the Triton of the ``serve`` extra has. The server's Python must have
   dyt-edge (and the artifact's backend) installed.
@@ -174,11 +175,18 @@ def place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+RUNTIME_FILES = {"openvino": ("openvino", "openvino_weights"),
+                 "onnxruntime": ("onnx", "onnx_weights"),
+                 "tensorrt": ("tensorrt", "tensorrt_metadata")}
+"""The manifest file kinds each runtime reads: all a Python-backend model needs of the
+artifact (an OpenVINO export's model.onnx stays behind, halving the repository)."""
+
+
 def artifact_files(spec: ServedModel) -> list[Path]:
-    """The artifact's own files (its manifest last), relative to its directory."""
-    info = spec.artifact.info
-    files = sorted({Path(f.path) for f in info.files.values()})
-    return [*files, Path(MANIFEST_NAME)]
+    """The artifact files the runtime reads (its manifest last), relative to its directory."""
+    files = spec.artifact.info.files
+    wanted = sorted({Path(files[k].path) for k in RUNTIME_FILES[spec.runtime] if k in files})
+    return [*wanted, Path(MANIFEST_NAME)]
 
 
 def write_model(spec: ServedModel, plan: TritonPlan, name: str, model_dir: Path) -> None:
