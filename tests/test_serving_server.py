@@ -79,10 +79,18 @@ def start_serve(repo: Path, ports: list[int]) -> tuple[subprocess.Popen, list[st
 def repository(tmp_path_factory, tiny_ov_export) -> Path:
     from dyt_edge.artifacts import load_artifact
 
-    repo = tmp_path_factory.mktemp("serve") / "repo"
+    from dyt_edge.exporters.pipeline import ExportOptions, export_checkpoint
+
+    base = tmp_path_factory.mktemp("serve")
+    repo = base / "repo"
     # A long queue delay makes the merging of concurrent requests certain, not timing luck.
     package_artifact(load_artifact(tiny_ov_export), PackageOptions(
         "triton", output=repo, name="tiny", queue_delay_us=300_000))
+    # And the user's first path: the default export (ONNX, pack) of the same checkpoint.
+    export_checkpoint(tiny_ov_export.parent / "tiny.safetensors", base / "default",
+                      ExportOptions())
+    package_artifact(load_artifact(base / "default"), PackageOptions("triton", output=repo,
+                                                                     name="default"))
     return repo
 
 
@@ -99,14 +107,23 @@ def test_serve_answers_http_and_grpc_with_the_runtimes_outputs_and_stops_cleanly
     text = "".join(lines)
     try:
         assert f"http://127.0.0.1:{ports[0]}" in text and f"127.0.0.1:{ports[1]}" in text
-        assert "tritonclient.http" in text and "'tiny'" in text  # the request to paste
+        assert "Triton is ready: default, tiny" in text
+        assert "tritonclient.http" in text and "c.infer('default'" in text  # a request to paste
         http = httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}", concurrency=CLIENTS)
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}")
         meta = http.get_model_metadata("tiny")
         assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"logits": "FP32",
                                                                         "masks": "BOOL"}
+        one = images(1, 0)
+        default = repository.parent / "default"
+        with open_runtime("onnxruntime", default) as rt:
+            want = rt.run(one)
+        x = httpclient.InferInput("images", list(one.shape), "FP32")
+        x.set_data_from_numpy(one)
+        got = http.infer("default", [x])
+        np.testing.assert_array_equal(got.as_numpy("logits"), want.logits)
+        np.testing.assert_array_equal(got.as_numpy("masks"), want.masks)
         with open_runtime("openvino", tiny_ov_export) as rt:
-            one = images(1, 0)
             want = rt.run(one)
             for client, module in ((http, httpclient), (grpc, grpcclient)):
                 x = module.InferInput("images", list(one.shape), "FP32")
