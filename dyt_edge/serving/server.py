@@ -15,6 +15,7 @@ leaves behind, so the ports are free and no process remains.
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import re
 import shutil
@@ -23,8 +24,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -207,12 +206,17 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def ready(self) -> bool:
+        """Whether the server we started answers its readiness probe. A direct connection to
+        its own address and port (never a proxy from the environment, never another host)."""
+        conn = http.client.HTTPConnection(_probe_host(self.options.host),
+                                          self.options.http_port, timeout=2)
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready",
-                                        timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
+            conn.request("GET", "/v2/health/ready")
+            return conn.getresponse().status == 200
+        except (http.client.HTTPException, OSError):
             return False
+        finally:
+            conn.close()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s
