@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -143,7 +142,9 @@ def main(argv=None) -> int:
     from dyt_edge.data import load_images
     from dyt_edge.runtimes import open_runtime
     from dyt_edge.serving.package import PackageOptions, package_artifact
+    from dyt_edge.runtimes.base import cpu_name
     from dyt_edge.serving.server import ServeOptions, TritonServer
+    from dyt_edge.serving.spec import RUNTIME_OF_FORMAT
 
     art = load_artifact(args.artifact)
     info = art.info
@@ -154,8 +155,7 @@ def main(argv=None) -> int:
     result = package_artifact(art, PackageOptions("triton", output=work / "repo", name="dyt",
                                                   max_batch=args.max_batch,
                                                   queue_delay_us=args.queue_delay))
-    runtime = result.record["artifact"]["format"]
-    target = {"openvino": "openvino", "onnx": "onnxruntime", "tensorrt": "tensorrt"}[runtime]
+    target = RUNTIME_OF_FORMAT[result.record["artifact"]["format"]]
     served, direct, direct_max = [], [], []
     load_before = os.getloadavg()
     with open_runtime(target, art) as rt, TritonServer(ServeOptions(
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                              "latency_ms": dm["latency_ms"], "wall_s": dm["wall_s"]},
         "ratio_server_to_direct": (s["requests_per_s"] / d["requests_per_s"]
                                    if d["requests_per_s"] else None),
-        "machine": {"cpu": platform.processor() or platform.machine(),
+        "machine": {"cpu": cpu_name(),
                     "cores": len(os.sched_getaffinity(0)), "load_before": load_before,
                     "load_after": os.getloadavg(), "python": sys.version.split()[0]},
     }

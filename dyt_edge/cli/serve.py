@@ -68,7 +68,9 @@ def serve(
 
 def _record(repository: Path, model: str) -> dict[str, Any]:
     try:
-        return json.loads((repository / model / "dyt_edge_package.json").read_text())
+        from dyt_edge.serving.package import RECORD_FILE
+
+        return json.loads((repository / model / RECORD_FILE).read_text())
     except (OSError, ValueError):
         return {}
 
