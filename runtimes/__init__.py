@@ -7,7 +7,7 @@ package and the CLI work without the heavy ones (TensorRT) installed.
 =============  =====================  ===========================================
 target         model file             precisions
 =============  =====================  ===========================================
-``pytorch``    the recorded checkpoint  fp32 (+ bf16 autocast)  -- the reference
+``pytorch``    the recorded checkpoint  fp32, bf16 (CPU); + fp16 on CUDA -- the reference
 ``onnxruntime`` ``model.onnx``        fp32 (int8 for Q/DQ models)
 ``openvino``   ``model.xml``          fp32, bf16, fp16 (where the CPU has them), int8 (built)
 ``tensorrt``   ``model.engine``       the precision it was built at (fp32, fp16, int8)

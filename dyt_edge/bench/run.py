@@ -40,13 +40,15 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
                    duration: float = DEFAULT_DURATION, warmup: float = DEFAULT_WARMUP,
                    data: Optional[str] = None, baseline: bool = True, hint: str = "latency",
                    streams: Optional[int] = None, threads: Optional[int] = None,
-                   images: int = DEFAULT_IMAGES, progress: MeasureProgress = None
-                   ) -> BenchResult:
+                   images: int = DEFAULT_IMAGES, progress: MeasureProgress = None,
+                   device: Optional[str] = None) -> BenchResult:
     """Benchmark ``artifact`` (an :class:`~dyt_edge.artifacts.Artifact` or a path) on ``target``
     against its complete model (the method: ``docs/bench.md``).
 
     ``batches=None`` means the default (1, 8, 32), or the artifact's own batch when it is
-    static. Errors a user can cause (bad settings, DATA, a target or precision that cannot run
+    static. ``device`` is the runtime's device (``RuntimeOptions.device``: ``cuda:N`` for
+    ``pytorch`` on a GPU; default: the runtime's); the complete model runs on the same one.
+    Errors a user can cause (bad settings, DATA, a target or precision that cannot run
     the artifact, a missing checkpoint for the baseline) are :class:`~dyt_edge.errors.
     DytEdgeError` subclasses raised before any timing starts.
     """
@@ -84,7 +86,8 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
         notes.append(f"{spec} gave {len(loaded)} images, fewer than batch {max(sizes)}: images "
                      "are repeated to fill the batch")
 
-    options = RuntimeOptions(precision=precision, hint=hint, streams=streams, threads=threads)
+    options = RuntimeOptions(precision=precision, hint=hint, streams=streams, threads=threads,
+                             device=device)
     dyt = open_runtime(target, art, options)
     complete = None
     try:
@@ -137,7 +140,7 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
         thr = "images / wall time of the sequential latency loop"
     settings = {"batches": list(sizes), "duration_s": float(duration), "warmup_s": float(warmup),
                 "rounds": rounds, "min_iterations": MIN_ITERATIONS, "hint": hint,
-                "streams": streams, "threads": threads, "data": spec,
+                "streams": streams, "threads": threads, "device": device, "data": spec,
                 "data_name": data_name(spec), "images": len(loaded),
                 "timed_batches": TIMED_BATCHES, "baseline": bool(baseline),
                 "latency": lat, "throughput": thr}

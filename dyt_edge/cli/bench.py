@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (Data, JsonOut, check_json_out, emit_json, human_console,
+from .options import (DEVICE_HELP, Data, JsonOut, check_json_out, emit_json, human_console,
                       json_stdout_guard, json_to_stdout)
 
 BENCH_PANEL = "Benchmark"
@@ -53,6 +53,9 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(
         "--threads", show_default=False, help="Inference threads. \\[default: the runtime's]",
         rich_help_panel=RUNTIME_PANEL)] = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", metavar="DEVICE", show_default=False, help=DEVICE_HELP,
+        rich_help_panel=RUNTIME_PANEL)] = None,
     json_out: JsonOut = None,
     plot: Annotated[bool, typer.Option(
         "--plot", help="Chart throughput and speedup per batch size (PNG).",
@@ -94,7 +97,7 @@ def bench(
     with json_stdout_guard(json_out):
         result = _run(art, target, err, precision=precision, batches=sizes, duration=duration,
                       warmup=warmup, data=data, baseline=baseline, hint=hint, streams=streams,
-                      threads=threads, images=images)
+                      threads=threads, images=images, device=device)
         payload = result.to_dict()
         render(payload, human_console(json_out))
     if emit_json(json_out, payload) is not None:
@@ -164,7 +167,7 @@ def render(result: dict[str, Any], console: Any) -> None:
     s = result["settings"]
     console.print(f"[bold]{result['target']}[/] {result['precision']}  {art['path']}  "
                   f"(dispatch {art['dispatch']}, hint {s['hint']}, "
-                  f"{rt.get('backend', '?')})")
+                  f"{rt.get('backend', '?')} on {rt.get('device', '?')})", highlight=False)
     act = result.get("activation")
     if act:
         console.print(f"activation: {act['mean']:.1%} of patch tokens on average over "

@@ -44,6 +44,12 @@ ClassNamesFile = Annotated[Optional[Path], typer.Option(
 
 Data = Annotated[Optional[str], typer.Option(
     "--data", help="Images: 'digits', an ImageFolder directory, or an .npz (images, labels).")]
+DEVICE_HELP = ("Device of the target runtime (RuntimeOptions.device): cuda or cuda:N for "
+               "pytorch (PyTorch on a GPU) and tensorrt (which GPU), an OpenVINO device name for "
+               "openvino; onnxruntime runs on cpu only. \\[default: the runtime's: cpu for "
+               "pytorch and onnxruntime, CPU for openvino, cuda:0 for tensorrt]")
+Device = Annotated[Optional[str], typer.Option(
+    "--device", metavar="DEVICE", show_default=False, help=DEVICE_HELP)]
 JsonOut = Annotated[Optional[Path], typer.Option(
     "--json", metavar="PATH", show_default=False,
     help="Write the result as JSON to PATH (schema: docs/reports.md); '-' prints it on stdout "

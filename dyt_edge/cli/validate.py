@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import JsonOut, check_json_out, emit_json, human_console, json_stdout_guard
+from .options import (Device, JsonOut, check_json_out, emit_json, human_console,
+                      json_stdout_guard)
 
 CHECK_PANEL = "Thresholds (default: per precision, see docs/validate.md)"
 
@@ -19,7 +20,8 @@ def validate(
         "under dyt-edge-out/ that holds the model the target runs.", show_default=False)] = None,
     target: Annotated[Optional[str], typer.Option(
         "--target", "-t", show_default=False,
-        help="Runtime to validate: onnxruntime | openvino | tensorrt (required).")] = None,
+        help="Runtime to validate: onnxruntime | openvino | tensorrt (required); pytorch with "
+        "--device cuda (PyTorch on a GPU) or --precision bf16.")] = None,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", "-p", show_default=False,
         help="fp32 | fp16 | bf16 | int8. Default: what the artifact was built for, else "
@@ -33,6 +35,7 @@ def validate(
     batch: Annotated[Optional[int], typer.Option(
         "--batch", "-b", show_default=False,
         help="Images per inference. \\[default: 32, or the artifact's static batch]")] = None,
+    device: Device = None,
     json_out: JsonOut = None,
     max_diff: Annotated[Optional[float], typer.Option(
         "--max-diff", show_default=False, rich_help_panel=CHECK_PANEL,
@@ -59,7 +62,11 @@ def validate(
     from dyt_edge.validate import Thresholds, check_target, pick_artifact, validate_artifact
 
     # Flags first (cheap, one line each), before anything is loaded.
-    target_name = check_target(target)
+    if precision is not None:
+        from dyt_edge.runtimes import canonical_precision
+
+        precision = canonical_precision(precision)
+    target_name = check_target(target, device, precision)
     if samples <= 0:
         from dyt_edge.errors import UsageError
 
@@ -70,10 +77,6 @@ def validate(
         raise UsageError(f"--batch must be a positive integer, got {batch}")
     overrides = Thresholds(max_diff=max_diff, min_agreement=min_agreement,
                            max_flips=max_flips, max_drop=max_drop).checked()
-    if precision is not None:
-        from dyt_edge.runtimes import canonical_precision
-
-        precision = canonical_precision(precision)
     json_out = check_json_out(json_out, "validate.json")
 
     from rich.console import Console
@@ -86,7 +89,8 @@ def validate(
     with json_stdout_guard(json_out), err.status(f"validating on {target_name}") as status:
         report = validate_artifact(
             art, target_name, precision=precision, data=data, samples=samples, batch=batch,
-            thresholds=overrides, progress=lambda msg: status.update(f"{msg}..."))
+            thresholds=overrides, progress=lambda msg: status.update(f"{msg}..."),
+            device=device)
     report.artifact["picked"] = picked
     render(report, console)
     written = emit_json(json_out, report.to_dict())

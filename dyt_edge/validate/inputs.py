@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..manifest import Manifest
 
 VALIDATION_TARGETS = ("onnxruntime", "openvino", "tensorrt")
+PYTORCH_TARGET_PRECISIONS = ("fp16", "bf16")
+"""Precisions at which ``--target pytorch`` is validated on the CPU (fp16 is then refused by
+the runtime: it runs on CUDA only)."""
 TARGET_KINDS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 """Which artifact kind the most recent export is looked for, per target."""
 DEFAULT_SAMPLES = 512
@@ -23,9 +26,12 @@ MIN_READABLE = 0.5
 """Stop when fewer than this share of the data's files could be read."""
 
 
-def check_target(target: Optional[str]) -> str:
+def check_target(target: Optional[str], device: Optional[str] = None,
+                 precision: Optional[str] = None) -> str:
     """``--target`` in canonical form; a usage error when missing, unknown, or the PyTorch
-    reference itself."""
+    reference itself. ``pytorch`` is a target only on another device (``--device cuda``: PyTorch
+    on a GPU) or at a lower precision (``fp16`` / ``bf16``): PyTorch fp32 on the CPU is the
+    reference every target is compared with."""
     from ..config import closest
 
     if target is None:
@@ -33,8 +39,13 @@ def check_target(target: Optional[str]) -> str:
                          f"choose one of: {', '.join(VALIDATION_TARGETS)}")
     t = str(target).strip().lower()
     if t == "pytorch":
-        raise UsageError("--target pytorch is the reference validate compares against",
-                         f"choose one of: {', '.join(VALIDATION_TARGETS)}")
+        on_cpu = device is None or str(device).strip().lower() in ("", "cpu")
+        if on_cpu and precision not in PYTORCH_TARGET_PRECISIONS:
+            raise UsageError("--target pytorch at fp32 on the CPU is the reference validate "
+                             "compares against",
+                             "add --device cuda (PyTorch on a GPU) or --precision bf16, or "
+                             f"choose one of: {', '.join(VALIDATION_TARGETS)}")
+        return t
     if t not in VALIDATION_TARGETS:
         raise UsageError(f"unknown target '{target}'",
                          f"{closest(t, VALIDATION_TARGETS)}choose one of: "

@@ -81,12 +81,16 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
                       precision: Optional[str] = None, data: Optional[str] = None,
                       samples: int = DEFAULT_SAMPLES, batch: Optional[int] = DEFAULT_BATCH,
                       thresholds: Optional[Union[Thresholds, Mapping[str, Any]]] = None,
-                      progress: Progress = None) -> ValidationReport:
+                      progress: Progress = None, device: Optional[str] = None
+                      ) -> ValidationReport:
     """Validate ``artifact`` on ``target`` against the PyTorch reference (``docs/validate.md``).
 
     ``artifact``: an :class:`~dyt_edge.artifacts.Artifact`, a path, or None (the most recent
     export; ``report.artifact["picked"]`` says so). ``thresholds`` override the precision's
     defaults field by field (a :class:`Thresholds` or a dict; None fields keep the default).
+    ``device`` is the target runtime's device (``RuntimeOptions.device``: ``cuda:N`` for
+    ``pytorch`` on a GPU or ``tensorrt``, an OpenVINO device name; default: the runtime's); the
+    reference always runs in fp32 on the CPU.
     ``progress(message)`` is called as the work goes on. Returns the report whether it passed
     or not (:meth:`ValidationReport.raise_if_failed` turns a failure into an error); raises a
     :class:`~dyt_edge.errors.DytEdgeError` when validation cannot be carried out.
@@ -101,9 +105,9 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
     # 1. flags (cheap, before anything is loaded)
-    target = check_target(target)
     if precision is not None:
         precision = canonical_precision(precision)
+    target = check_target(target, device, precision)
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples <= 0:
         raise UsageError(f"--samples must be a positive integer, got {samples}")
     samples = int(samples)
@@ -123,7 +127,7 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     # "--data is required" before loading
     default_data(data, demo=is_demo_model(info), purpose="validation")
     say(f"opening {target}")
-    tgt = _open(target, art, RuntimeOptions(precision=precision))
+    tgt = _open(target, art, RuntimeOptions(precision=precision, device=device))
     runtimes = [tgt]
     try:
         # 3. the data, then the reference
