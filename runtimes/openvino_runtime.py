@@ -11,6 +11,13 @@ Compile settings, all explicit:
 * Before compiling, the device's ``OPTIMIZATION_CAPABILITIES`` (FP32, BF16, FP16, INT8, ...)
   must list the precision asked for, else a :class:`RuntimeSetupError` names the CPU
   (``FULL_DEVICE_NAME``) and the precisions it does have.
+* Under a bf16 / f16 hint the gates are kept f32: each gate's one-column MatMul is rewritten
+  as a Multiply and a ReduceSum before compiling
+  (:func:`dyt_edge.runtimes.openvino_gates.gates_as_reductions`: the CPU plugin runs every
+  MatMul at the hint's precision and keeps no per-node exception through its FullyConnected
+  conversion, but leaves elementwise ops that feed only the outputs in f32).
+  ``extra["f32_gates"] = False`` compiles the IR as it is (the comparison the benchmarks make).
+  :meth:`describe` reports ``gate_path``.
 * ``PERFORMANCE_HINT`` LATENCY / THROUGHPUT from ``hint``; ``NUM_STREAMS`` from ``streams``
   and ``INFERENCE_NUM_THREADS`` from ``threads`` (unset: the hint decides).
   ``extra["config"]`` passes further compile properties through.
@@ -73,7 +80,8 @@ class OpenVinoModel:
     """
 
     def __init__(self, model: Any, *, hint: str = "f32", device: str = "CPU",
-                 config: Optional[dict[str, Any]] = None, core: Any = None) -> None:
+                 config: Optional[dict[str, Any]] = None, core: Any = None,
+                 f32_gates: bool = True) -> None:
         from .backends import import_openvino
 
         self.ov = import_openvino()
@@ -83,6 +91,8 @@ class OpenVinoModel:
         self.device = device
         self.config = {"INFERENCE_PRECISION_HINT": hint, **(config or {})}
         self._compiled: dict[Any, Any] = {}
+        self.f32_gates = f32_gates and hint != "f32"
+        """Rewrite the gates to stay f32 before compiling (see :class:`OpenVinoRuntime`)."""
         self.name = f"OpenVINO {self.ov.get_version().split('-')[0]} {device} {hint}"
 
     def read(self) -> Any:
@@ -93,10 +103,14 @@ class OpenVinoModel:
 
     def variant(self, key: Any = None, edit: Optional[Callable[[Any], None]] = None) -> Any:
         if key not in self._compiled:
-            model = self._source if edit is None and not isinstance(
+            model = self._source if edit is None and not self.f32_gates and not isinstance(
                 self._source, (str, Path)) else self.read()
             if edit is not None:
                 edit(model)
+            if self.f32_gates:
+                from .openvino_gates import gates_as_reductions
+
+                gates_as_reductions(model)
             compiled = self.core.compile_model(model, self.device, self.config)
             got = hint_of(compiled)
             if got != self.hint:
@@ -202,6 +216,7 @@ class OpenVinoRuntime(Runtime):
         self.config = config
         try:
             model = core.read_model(str(self.xml))
+            self.f32_gates = self._keep_gates_f32(model, hint)
             self.compiled = core.compile_model(model, device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for everything
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -226,6 +241,14 @@ class OpenVinoRuntime(Runtime):
             raise RuntimeSetupError(f"{self.xml} has no 'logits' output",
                                     "re-export the model with `dyt-edge export`")
         self._request = self.compiled.create_infer_request()
+
+    def _keep_gates_f32(self, model: Any, hint: str) -> Optional[list[str]]:
+        """The gates rewritten to stay f32 (None: not asked for, the hint is f32 already)."""
+        if hint == "f32" or not self.options.extra.get("f32_gates", True):
+            return None
+        from .openvino_gates import gates_as_reductions
+
+        return gates_as_reductions(model, list(self.info.dispatch.dispatchers) or None)
 
     def _read_back(self) -> dict[str, Any]:
         c = self.compiled
@@ -304,6 +327,7 @@ class OpenVinoRuntime(Runtime):
                                     if self.precision != "int8" else
                                     f"int8 (float parts {e['inference_precision']})"),
             "inference_precision_hint": e["inference_precision"],
+            "gate_path": self._gate_path(),
             "performance_hint": e["performance_hint"],
             "threads": e["threads"],
             "streams": e["streams"],
@@ -311,6 +335,15 @@ class OpenVinoRuntime(Runtime):
             "execution_devices": e["execution_devices"],
             **file_facts(self.xml, self.bin),
         }
+
+    def _gate_path(self) -> str:
+        hint = self.in_effect["inference_precision"]
+        if self.f32_gates is None:
+            return hint
+        if not self.f32_gates:
+            return f"{hint} (no gate found to keep f32)"
+        return (f"f32 ({len(self.f32_gates)} gate(s) as Multiply + ReduceSum beside the {hint} "
+                "MatMuls)")
 
     def close(self) -> None:
         for name in ("_request", "compiled", "core"):

@@ -140,7 +140,9 @@ def render(report: Any, console) -> None:
                   highlight=False)
     console.print(f"[bold]target[/]: {t.get('target')} {report.precision} -- "
                   f"{t.get('backend', '?')}, {t.get('device', '?')}, precision in effect "
-                  f"{t.get('precision_in_effect', report.precision)}", highlight=False)
+                  f"{t.get('precision_in_effect', report.precision)}"
+                  + (f", gates {t['gate_path']}" if t.get("gate_path") not in (None, "f32")
+                     else ""), highlight=False)
     r = report.reference
     console.print(f"[bold]reference[/]: {r.get('backend', 'PyTorch')} {r.get('precision')}, "
                   f"dispatch {r.get('dispatch')}, checkpoint {r.get('model_file')}",

@@ -22,41 +22,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from ...runtimes.backends import import_openvino
+from ...runtimes.openvino_gates import gate_adds  # noqa: F401 - re-exported
 from ..errors import ExportError
 
 RT_INFO_SECTION = "dyt_edge"
 PRECISION_HINT = "f32"
-
-
-_WALK_BACK = {"Squeeze", "Unsqueeze", "Reshape", "Convert"}
-
-
-def gate_adds(model, dispatcher_names: list[str]) -> dict[str, Any]:
-    """Dispatcher name -> the gate's bias Add in an OpenVINO model: found from the gate's
-    Sigmoid (named ``<dispatcher>/gate/Sigmoid_0`` by the exporter), walking back through
-    reshapes to an Add with a Constant input."""
-    wanted = {f"{n}/gate/Sigmoid_0": n for n in dispatcher_names}
-    found = {}
-    for op in model.get_ops():
-        name = op.get_friendly_name()
-        if name not in wanted or op.get_type_name() != "Sigmoid":
-            continue
-        node = op.input_value(0).get_node()
-        for _ in range(6):
-            kind = node.get_type_name()
-            if kind == "Add":
-                if any(v.get_node().get_type_name() == "Constant" for v in node.input_values()):
-                    found[wanted[name]] = node
-                break
-            if kind not in _WALK_BACK:
-                break
-            node = node.input_value(0).get_node()
-    return found
 
 
 def set_gate_biases(model, dispatcher_names: list[str], values: Mapping[str, np.ndarray]
