@@ -1,0 +1,86 @@
+"""benchmarks/vs_pytorch.py: its arithmetic, and one run end to end on a tiny model (the real
+run takes minutes on ViT-B; no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def vs_pytorch():
+    spec = importlib.util.spec_from_file_location("vs_pytorch", BENCHMARKS / "vs_pytorch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratios_are_to_the_faster_pytorch_setting_per_round(vs_pytorch):
+    per_round = {"pytorch fp32": [4.0, 4.0, 4.0], "pytorch bf16": [8.0, 6.0, 10.0],
+                 "openvino int8": [16.0, 18.0, 20.0]}
+    peaks = {"f32": 100.0, "bf16": 400.0, "int8": 800.0}
+    out = vs_pytorch.summarize(per_round, flops_per_image=10e9, peaks=peaks)
+    assert out["openvino int8"]["best_pytorch"] == "pytorch bf16"
+    # per round 16/8, 18/6, 20/10 -> 2, 3, 2 -> median 2
+    assert out["openvino int8"]["vs_best_pytorch"] == pytest.approx(2.0)
+    assert out["pytorch fp32"]["vs_best_pytorch"] == pytest.approx(0.5)
+    # 18 img/s x 10 GFLOP (multiply-adds) x 2 ops = 360 GOP/s, of an int8 peak of 800
+    assert out["openvino int8"]["gops"] == pytest.approx(360.0)
+    assert out["openvino int8"]["of_peak"] == pytest.approx(0.45)
+    assert out["pytorch bf16"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("name, precision", [
+    ("pytorch fp32", "f32"), ("pytorch bf16", "bf16"), ("openvino f32", "f32"),
+    ("openvino bf16 gates-bf16", "bf16"), ("openvino int8", "int8"),
+    ("openvino int8 bf16-rest", "int8")])
+def test_main_precision(vs_pytorch, name, precision):
+    assert vs_pytorch.main_precision(name) == precision
+
+
+def test_best_peaks_take_the_best_library_and_run(vs_pytorch):
+    runs = [{"openvino": {"f32": 100.0, "int8": 700.0}, "pytorch": {"f32": 120.0}},
+            {"openvino": {"f32": 110.0, "int8": 650.0}, "pytorch": {"f32": 90.0}}]
+    assert vs_pytorch.best_peaks(runs) == {"f32": 120.0, "int8": 700.0}
+
+
+def test_tiny_run_end_to_end(vs_pytorch, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert vs_pytorch.main(["--tiny", "--work", str(tmp_path / "work"), "--rounds", "1",
+                            "--chunk", "0.05", "--batches", "1,2", "--images", "8",
+                            "--calib-images", "8", "--threads", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    names = {"pytorch fp32", "pytorch bf16", "openvino f32", "openvino int8"}
+    bf16 = "BF16" in record["describe"]["openvino f32"]["capabilities"]
+    if bf16:
+        names |= {"openvino bf16", "openvino bf16 gates-bf16", "openvino int8 bf16-rest"}
+    for b in ("1", "2"):
+        rows = record["results"][b]
+        assert set(rows) == names
+        assert all(r["img_s"] > 0 and r["gops"] > 0 for r in rows.values())
+        assert 0 < record["activation"][b]["mean"] < 1
+    described = record["describe"]
+    assert described["openvino int8"]["precision_in_effect"] == "int8 (float parts f32)"
+    if bf16:
+        assert described["openvino int8 bf16-rest"]["precision_in_effect"] == \
+            "int8 (float parts bf16)"
+        assert described["openvino bf16"]["gate_path"].startswith("f32")
+        assert described["openvino bf16 gates-bf16"]["gate_path"] == "bf16"
+    assert set(record["peaks"]["best"]) >= {"f32", "int8"} | ({"bf16"} if bf16 else set())
+    table = capsys.readouterr().out
+    assert "| openvino int8 |" in table and "Matrix-multiply peaks" in table
+    # the table can be printed again from the JSON
+    assert vs_pytorch.main(["--markdown", str(out)]) == 0
+    again = capsys.readouterr().out.strip()
+    assert again.startswith("| model |") and table.strip().endswith(again)
+    # a second run reuses the files it made, a changed setting makes them again
+    said = []
+    vs_pytorch.prepare_files(tmp_path / "work", vs_pytorch.model_config(True), 0.5, 8, 8,
+                             said.append)
+    assert said and said[0].startswith("reusing")
+    assert not vs_pytorch.same_files(tmp_path / "work", vs_pytorch.model_config(True), 0.4, 8, 8)
