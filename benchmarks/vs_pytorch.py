@@ -311,9 +311,11 @@ def activation(runtime, batches) -> tuple[list[float], float]:
 
 
 def profile_top(runtime, x, top: int = 12) -> list[dict[str, Any]]:
-    """OpenVINO per-node counters of one call, summed by node type (``PERF_COUNT``)."""
+    """OpenVINO per-node counters of one call, summed by node type (``PERF_COUNT``): the
+    last of a few calls on one request (the first calls at a new shape also prepare kernels)."""
     req = runtime.compiled.create_infer_request()
-    req.infer({0: x})
+    for _ in range(4):
+        req.infer({0: x})
     by_type: dict[str, float] = {}
     for info in req.profiling_info:
         us = info.real_time.total_seconds() * 1e6

@@ -44,6 +44,9 @@ class QuantizeSettings:
     fast_bias_correction: bool = True
     first_layer_float: bool = False
     last_layer_float: bool = False
+    float_attention: bool = False
+    """Keep the attention core (``ScaledDotProductAttention``: ``softmax(q k^T) v``) unquantized:
+    no quantizers on q, k, v; it then runs at the float parts' precision."""
     max_drop: Optional[float] = None
     """Accuracy control: the largest allowed top-1 drop, in percentage points (None: off)."""
     overflow_fix: str = "enable"
@@ -57,7 +60,8 @@ class QuantizeSettings:
                 "model_type": self.model_type, "smooth_quant": self.smooth_quant,
                 "fast_bias_correction": self.fast_bias_correction,
                 "first_layer_float": self.first_layer_float,
-                "last_layer_float": self.last_layer_float, "overflow_fix": self.overflow_fix}
+                "last_layer_float": self.last_layer_float, "overflow_fix": self.overflow_fix,
+                "float_attention": self.float_attention}
 
 
 @dataclass
@@ -129,6 +133,11 @@ def quantize(float_model, calib: CalibrationSet, *, dispatcher_names: Optional[l
         raise QuantizationError(f"the gate MatMul of {missing[0]} was not found in the "
                                 "OpenVINO model; it cannot be kept in float",
                                 "re-export the model, and report it if it persists")
+    ignored = scope.nncf_ignored_scope()
+    if s.float_attention:
+        ignored = nncf.IgnoredScope(validate=ignored.validate, names=list(ignored.names) + [
+            op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() == "ScaledDotProductAttention"])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
               "mixed": nncf.QuantizationPreset.MIXED}[s.preset]
     model_type = nncf.ModelType.TRANSFORMER if s.model_type == "transformer" else None
@@ -142,7 +151,7 @@ def quantize(float_model, calib: CalibrationSet, *, dispatcher_names: Optional[l
             if progress:
                 progress(f"quantizing (NNCF, {subset} calibration images)")
             quantized = nncf.quantize(model, dataset, preset=preset, model_type=model_type,
-                                      subset_size=subset, ignored_scope=scope.nncf_ignored_scope(),
+                                      subset_size=subset, ignored_scope=ignored,
                                       fast_bias_correction=s.fast_bias_correction,
                                       advanced_parameters=advanced)
         else:
@@ -156,7 +165,7 @@ def quantize(float_model, calib: CalibrationSet, *, dispatcher_names: Optional[l
                 model, calibration, validation, validation_fn=top1_accuracy,
                 max_drop=s.max_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, preset=preset,
                 model_type=model_type, subset_size=subset,
-                ignored_scope=scope.nncf_ignored_scope(),
+                ignored_scope=ignored,
                 fast_bias_correction=s.fast_bias_correction,
                 advanced_quantization_parameters=advanced)
     except DytEdgeError:

@@ -12,12 +12,16 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def vs_pytorch():
-    spec = importlib.util.spec_from_file_location("vs_pytorch", BENCHMARKS / "vs_pytorch.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def vs_pytorch():
+    return _load("vs_pytorch")
 
 
 def test_ratios_are_to_the_faster_pytorch_setting_per_round(vs_pytorch):
@@ -84,3 +88,20 @@ def test_tiny_run_end_to_end(vs_pytorch, tmp_path, capsys):
                              said.append)
     assert said and said[0].startswith("reusing")
     assert not vs_pytorch.same_files(tmp_path / "work", vs_pytorch.model_config(True), 0.4, 8, 8)
+
+
+def test_int8_levers_reuses_the_files_and_reports_every_variant(vs_pytorch, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # int8_levers imports vs_pytorch
+    levers = _load("int8_levers")
+    out = tmp_path / "levers.json"
+    assert levers.main(["--tiny", "--work", str(tmp_path / "work"), "--rounds", "1",
+                        "--chunk", "0.05", "--batches", "1", "--calib-images", "8",
+                        "--threads", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = record["results"]["1"]
+    for variant in levers.VARIANTS:
+        assert f"int8 {variant}" in rows and rows[f"int8 {variant}"]["img_s"] > 0
+    assert record["quantizers"]["float-attention"] < record["quantizers"]["default"]
+    assert record["agreement_vs_f32"]["f32 DyT"] == {"top1": 1.0, "gate_flips": 0.0}
+    assert "| int8 no-smoothquant float-attention |" in capsys.readouterr().out
