@@ -8,9 +8,10 @@ at the same precision:
 * a plain export -> an export of the checkpoint recorded in ``art``'s manifest
   (``source.path``, its SHA-256 checked against ``source.sha256``) with dispatch ``complete``
   and the same opset, batch axis, simplification, validation and model config (overrides such as
-  ``--adapter-scale`` included); format ``openvino`` when the target is OpenVINO, else ``onnx``
-  (a cached ``openvino`` export, which holds the ONNX too, serves every target). Cached at
-  ``<export dir>/baseline/``;
+  ``--adapter-scale`` included); format ``openvino`` when the target is OpenVINO or ``art``'s
+  export holds OpenVINO IR, else ``onnx`` (a cached ``openvino`` export, which holds the ONNX
+  too, serves every target: benching an OpenVINO export on ONNX Runtime first does not make
+  the complete model twice). Cached at ``<export dir>/baseline/``;
 * a built artifact (its manifest has ``build``) -> the same build (target, precision, and for
   INT8 the recorded calibration data, size and seed) applied to that baseline export, cached at
   ``<export dir>/baseline/<target>-<precision>/``.
@@ -79,7 +80,7 @@ def baseline_artifact(art: Artifact, target: str, *, calib_data: Optional[str] =
     export_dir = export_dir_of(art)
     parent = art if not build else _load_parent(export_dir, art)
     fmt = "openvino" if target == "openvino" or (build and build.target == "openvino") \
-        else "onnx"
+        or "openvino" in parent.kinds else "onnx"
     exported = _baseline_export(parent, export_dir / BASELINE_DIR, fmt, say, export_progress)
     if not build:
         return exported

@@ -197,6 +197,9 @@ def test_an_export_written_before_resize_mode_gets_its_baseline(exp):
     assert base.path == copy / "baseline"
     assert base.manifest["model"]["preprocessing"]["resize_mode"] == "squash"
     assert "resize_mode" not in artifacts.read_manifest(copy)["model"]["preprocessing"]
+    # benched on ONNX Runtime first, an OpenVINO export's baseline is OpenVINO too: the same
+    # complete model then serves its OpenVINO benches
+    assert base.manifest["format"] == "openvino" and "openvino" in base.kinds
 
 
 def test_a_changed_checkpoint_is_refused(exp):

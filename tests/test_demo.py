@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dyt_edge.checkpoint import save_model
@@ -121,8 +122,19 @@ def test_json_report_has_the_common_header(tmp_path, monkeypatch):
     assert "dyt-edge demo" in cli.stderr  # the table on stderr
 
 
+@pytest.fixture
+def torch_on_both_cores():
+    """PyTorch on both cores, as the CLI runs it (the session keeps it on one for tiny models):
+    the demo's ViT-B/16 row builds and calibrates a full-size model in PyTorch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_demo_passes_every_cpu_target(digits_demo_model, tmp_path, monkeypatch):
+def test_demo_passes_every_cpu_target(digits_demo_model, tmp_path, monkeypatch,
+                                      torch_on_both_cores):
     """The README's main job, end to end: (the digits model trained once per session, as
     `dyt-edge train` makes it) export, build, validate and bench each CPU target; every target
     passes and INT8 keeps the accuracy."""
