@@ -106,7 +106,7 @@ class Dispatch:
     decision: str
     """Name of the compare node whose output is the decision."""
     gate_linear: Optional[str]
-    """Name of the gate's MatMul / Gemm."""
+    """Name of the gate's MatMul / Gemm (or, stored as ``ReduceSum(x * w)``, its Multiply)."""
 
 
 @dataclass
@@ -241,6 +241,13 @@ def _gate_nodes(view: GraphView, decision: int) -> tuple[list[int], Optional[int
         if t in _LINEAR:
             nodes.append(n)
             return nodes, n
+        if t == "ReduceSum":  # the gate stored as ReduceSum(x * w) (an f32-gated OpenVINO build)
+            dyn = view.dynamic_inputs(n)
+            if len(dyn) == 1 and view.types[dyn[0]] == "Mul" and \
+                    len(view.dynamic_inputs(dyn[0])) == 1:
+                nodes.extend((n, dyn[0]))
+                return nodes, dyn[0]
+            break
         if t not in _GATE_OPS:
             break
         nodes.append(n)

@@ -199,10 +199,18 @@ def _calibration(build: Build, data: Optional[str], size: Optional[int],
     and accuracy-control bound, unless overridden."""
     calib = build.record.get("calibration") or {}
     control = calib.get("accuracy_control") or {}
-    return {"data": data if data is not None else calib.get("data"),
-            "size": size if size is not None else calib.get("size"),
-            "seed": seed if seed is not None else calib.get("seed", 0),
-            "max_drop": control.get("max_drop")}
+    out = {"data": data if data is not None else calib.get("data"),
+           "size": size if size is not None else calib.get("size"),
+           "seed": seed if seed is not None else calib.get("seed", 0),
+           "max_drop": control.get("max_drop")}
+    if build.target == "openvino":
+        # the settings the DyT build resolved (builds before these flags: SmoothQuant on,
+        # attention quantized, float parts fp32)
+        q = calib.get("quantization") or {}
+        out.update(smooth_quant="on" if q.get("smooth_quant", True) else "off",
+                   float_attention=bool(q.get("float_attention", False)),
+                   float_parts=build.record.get("float_parts") or "fp32")
+    return out
 
 
 def _baseline_build(art: Artifact, exported: Artifact, build: Build,
@@ -271,6 +279,8 @@ def _run_build(exported: Artifact, target: str, precision: str,
                       calib_seed=int(calibration["seed"] or 0))
         if calibration.get("max_drop") is not None:
             kwargs.update(accuracy_control=True, max_drop=calibration["max_drop"])
+        kwargs.update({k: calibration[k] for k in ("smooth_quant", "float_attention",
+                                                   "float_parts") if k in calibration})
     return build_artifact(exported, target, **kwargs).artifact
 
 

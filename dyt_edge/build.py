@@ -12,7 +12,9 @@ interrupted build leaves nothing behind. The result is a full artifact directory
       source_model {file, sha256}   # the ONNX every build starts from, checked against the export
       source_ir                     # "export model.xml" or "converted from model.onnx"
       weights                       # f32 | f16 | int8
-      inference_precision           # the INFERENCE_PRECISION_HINT runtimes apply (f32/bf16/f16)
+      inference_precision           # the INFERENCE_PRECISION_HINT runtimes apply (f32/bf16/f16;
+                                    # int8: of the float parts, also as float_parts)
+      f32_gates                     # dispatchers whose gate the IR stores as Multiply + ReduceSum
       calibration {data, name, split, size, images, skipped, seed, labels, preprocessing,
                    ignored_scope {nodes, by_reason, ...}, quantization {...},
                    accuracy_control {...} | null}          # int8 only

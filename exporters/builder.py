@@ -28,6 +28,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_CALIB_SIZE = 300
 DEFAULT_MAX_DROP = 1.0
 """Accuracy control: the default largest top-1 drop, in percentage points."""
+SMOOTH_QUANT_CHOICES = ("auto", "on", "off")
+FLOAT_PARTS_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 class BuildError(DytEdgeError):
@@ -45,6 +47,15 @@ class BuildOptions:
     accuracy_control: bool = False
     max_drop: Optional[float] = None
     output: Optional[PathLike] = None
+    # OpenVINO INT8 only (see dyt_edge.exporters.openvino.builder):
+    smooth_quant: Optional[str] = None
+    """NNCF SmoothQuant: ``auto`` (default: off, and on again when the INT8 model's top-1
+    agreement with the float one falls below 99% on the calibration images), ``on``, ``off``."""
+    float_attention: Optional[bool] = None
+    """Keep the attention core unquantized (default: when the float parts are below fp32)."""
+    float_parts: Optional[str] = None
+    """The precision of the parts INT8 leaves float: ``auto`` (default: bf16 where the build
+    machine's CPU has it, else fp32), ``fp32``, ``bf16``, ``fp16``."""
     # TensorRT only (see dyt_edge.exporters.tensorrt.builder):
     gpu: Optional[str] = None
     """``auto`` (default) or a GPU profile name (``t4``, ``v100``, ...)."""
@@ -79,7 +90,11 @@ class BuildOptions:
         if precision != "int8":
             given = [flag for flag, v in (("--calib", self.calib),
                                           ("--calib-size", self.calib_size),
-                                          ("--accuracy-control", self.accuracy_control or None))
+                                          ("--accuracy-control", self.accuracy_control or None),
+                                          ("--smooth-quant", self.smooth_quant),
+                                          ("--float-attention / --quantize-attention",
+                                           self.float_attention),
+                                          ("--float-parts", self.float_parts))
                      if v is not None]
             if given:
                 raise UsageError(f"{given[0]} applies to --precision int8 only",
@@ -87,7 +102,26 @@ class BuildOptions:
         max_drop = self.max_drop
         if self.accuracy_control and max_drop is None:
             max_drop = DEFAULT_MAX_DROP
-        return replace(self, precision=precision,
+        smooth_quant = self.smooth_quant
+        if smooth_quant is not None:
+            smooth_quant = str(smooth_quant).strip().lower()
+            if smooth_quant not in SMOOTH_QUANT_CHOICES:
+                raise UsageError(f"--smooth-quant must be one of "
+                                 f"{', '.join(SMOOTH_QUANT_CHOICES)}, got '{self.smooth_quant}'",
+                                 "e.g. --smooth-quant on")
+        float_parts = self.float_parts
+        if float_parts is not None:
+            key = str(float_parts).strip().lower()
+            try:
+                float_parts = "auto" if key == "auto" else canonical_precision(key)
+            except UsageError:
+                float_parts = key
+            if float_parts not in FLOAT_PARTS_CHOICES:
+                raise UsageError(f"--float-parts must be one of "
+                                 f"{', '.join(FLOAT_PARTS_CHOICES)}, got '{self.float_parts}'",
+                                 "e.g. --float-parts bf16")
+        return replace(self, precision=precision, smooth_quant=smooth_quant,
+                       float_parts=float_parts,
                        calib_size=int(self.calib_size or DEFAULT_CALIB_SIZE),
                        max_drop=float(max_drop) if max_drop is not None else None)
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from .backends import disable_telemetry
 from ..precisions import PRECISIONS, canonical_precision
-from .base import HINTS, RunOutput, Runtime, RuntimeOptions, RuntimeSetupError, RuntimeUnavailable
+from .base import (HINTS, RunOutput, Runtime, RuntimeOptions, RuntimeSetupError,
+                   RuntimeUnavailable, float_parts_extra)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..artifacts import Artifact
@@ -58,4 +59,4 @@ def open_runtime(target: str, artifact: Union["Artifact", str],
 
 __all__ = ["HINTS", "PRECISIONS", "REGISTRY", "TARGETS", "RunOutput", "Runtime",
            "RuntimeOptions", "RuntimeSetupError", "RuntimeUnavailable", "canonical_precision",
-           "open_runtime", "runtime_class"]
+           "float_parts_extra", "open_runtime", "runtime_class"]

@@ -46,6 +46,25 @@ class RuntimeSetupError(DytEdgeError):
     a precision the device cannot do, ...)."""
 
 
+def float_parts_extra(target: str, float_parts: Optional[str]) -> dict[str, Any]:
+    """``--float-parts`` of ``validate`` / ``bench`` as :attr:`RuntimeOptions.extra`: the
+    precision an OpenVINO INT8 artifact runs its float parts at, instead of its build's."""
+    if float_parts is None:
+        return {}
+    if target != "openvino":
+        raise UsageError("--float-parts applies to --target openvino only (INT8 artifacts)",
+                         "drop --float-parts")
+    key = str(float_parts).strip().lower()
+    try:
+        precision = canonical_precision(key)
+    except UsageError:
+        precision = key
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--float-parts must be fp32, bf16 or fp16, got '{float_parts}'",
+                         "e.g. --float-parts bf16")
+    return {"inference_precision": precision}
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How to run. ``None`` means the runtime's (documented) default."""

@@ -60,7 +60,9 @@ def _constant_value(output) -> Optional[np.ndarray]:
 
 def gates_as_reductions(model, dispatcher_names: Optional[list[str]] = None) -> list[str]:
     """Rewrite every gate's ``MatMul(x, w)`` (one output column) as ``ReduceSum(x * w, -1)``,
-    in place. Returns the dispatchers whose gate was rewritten.
+    in place. Returns the dispatchers whose gate is f32 now (rewritten here, or found rewritten
+    already: OpenVINO builds below f32 store their IR this way, so a server that compiles it
+    keeps the gates f32 too).
 
     Why: under a bf16 (or f16) ``INFERENCE_PRECISION_HINT`` the CPU plugin runs every MatMul in
     the low precision, the gates' included, and a per-node "keep this precision" attribute does
@@ -78,8 +80,11 @@ def gates_as_reductions(model, dispatcher_names: Optional[list[str]] = None) -> 
     done = []
     adds = gate_adds(model, names)
     for name, add in ((n, adds[n]) for n in names if n in adds):
-        matmul = next((v.get_node() for v in add.input_values()
-                       if v.get_node().get_type_name() == "MatMul"), None)
+        sources = [v.get_node() for v in add.input_values()]
+        if any(n.get_friendly_name() == f"{name}/gate/GateReduceSum" for n in sources):
+            done.append(name)  # rewritten already (a build keeps its gates f32 in the IR)
+            continue
+        matmul = next((n for n in sources if n.get_type_name() == "MatMul"), None)
         if matmul is None:
             continue
         attrs = matmul.get_attributes()

@@ -6,8 +6,10 @@ Compile settings, all explicit:
   OpenVINO's silent default, which is bf16 on CPUs that have it and moves logits by ~1e-2 and
   flips gate decisions. An INT8 IR (``build.precision`` int8: NNCF inserted FakeQuantize ops)
   runs its quantized MatMuls in int8 whatever the hint; the hint governs the parts left in float
-  (LayerNorm, Softmax, GELU, the dispatch path) and is ``f32`` unless
-  ``RuntimeOptions.extra["inference_precision"]`` names another (``bf16`` / ``f16``).
+  (LayerNorm, Softmax, GELU, the dispatch path): the precision its build recorded
+  (``build.inference_precision``, from ``build --float-parts``; f32 where none is recorded, and
+  f32 on a device without the recorded one), or the one
+  ``RuntimeOptions.extra["inference_precision"]`` names (``fp32`` / ``bf16`` / ``fp16``).
 * Before compiling, the device's ``OPTIMIZATION_CAPABILITIES`` (FP32, BF16, FP16, INT8, ...)
   must list the precision asked for, else a :class:`RuntimeSetupError` names the CPU
   (``FULL_DEVICE_NAME``) and the precisions it does have.
@@ -146,6 +148,8 @@ class OpenVinoRuntime(Runtime):
     kind = "openvino"
     precisions = ("fp32", "bf16", "fp16", "int8")
     install = OPENVINO_INSTALL
+    float_parts_note: Optional[str] = None
+    """INT8: why the float parts do not run at the build's recorded precision (None: they do)."""
 
     @classmethod
     def import_backend(cls) -> Any:
@@ -169,15 +173,38 @@ class OpenVinoRuntime(Runtime):
 
     # -- loading --------------------------------------------------------------------------------
     def _hint_precision(self) -> str:
-        """The ``INFERENCE_PRECISION_HINT`` value to set (``f32`` / ``bf16`` / ``f16``)."""
-        if self.precision != "int8":
-            return HINT_TYPES[self.precision]
+        """The ``INFERENCE_PRECISION_HINT`` value to set (``f32`` / ``bf16`` / ``f16``).
+
+        INT8: ``extra["inference_precision"]`` when given (the device must have it); else the
+        float-parts precision the build recorded (``build.inference_precision``; f32 for builds
+        that record none), falling back to f32, with :attr:`float_parts_note` saying so, on a
+        device that lacks it: the INT8 part is the artifact's, the float parts' precision a
+        speed choice, and f32 is the more exact one."""
+        self.float_parts_note = None
         asked = self.options.extra.get("inference_precision")
-        float_part = canonical_precision(asked) if asked else "fp32"
-        if float_part not in HINT_TYPES:
-            raise RuntimeSetupError(f"inference_precision {asked} is not a float precision",
-                                    "choose fp32, bf16 or fp16 for the non-quantized parts")
-        return HINT_TYPES[float_part]
+        if self.precision != "int8":
+            if asked:
+                raise RuntimeSetupError(
+                    f"float parts apply to INT8 artifacts; {self.artifact.path} runs "
+                    f"{self.precision} throughout", "drop --float-parts, or choose --precision")
+            return HINT_TYPES[self.precision]
+        if asked:
+            float_part = canonical_precision(asked)
+            if float_part not in HINT_TYPES:
+                raise RuntimeSetupError(f"inference_precision {asked} is not a float precision",
+                                        "choose fp32, bf16 or fp16 for the non-quantized parts")
+            return HINT_TYPES[float_part]
+        build = self.info.build
+        recorded = (build.record.get("inference_precision") if build else None) or "f32"
+        if recorded not in _OURS:
+            raise RuntimeSetupError(f"the manifest of {self.artifact.path} records float parts "
+                                    f"at '{recorded}', which is not an OpenVINO precision",
+                                    "re-create the artifact with dyt-edge build")
+        if CAPABILITY[_OURS[recorded]] not in self.capabilities:
+            self.float_parts_note = (f"the artifact's float parts are {recorded}, which "
+                                     f"{self.device} lacks: they run f32")
+            return "f32"
+        return recorded
 
     def _load(self) -> None:
         ov = self.backend
@@ -325,7 +352,9 @@ class OpenVinoRuntime(Runtime):
             "capabilities": list(self.capabilities),
             "precision_in_effect": (_OURS.get(e["inference_precision"], e["inference_precision"])
                                     if self.precision != "int8" else
-                                    f"int8 (float parts {e['inference_precision']})"),
+                                    f"int8 (float parts {e['inference_precision']}"
+                                    + (f"; {self.float_parts_note})" if self.float_parts_note
+                                       else ")")),
             "inference_precision_hint": e["inference_precision"],
             "gate_path": self._gate_path(),
             "performance_hint": e["performance_hint"],

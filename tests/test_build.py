@@ -103,8 +103,6 @@ def test_build_json_on_stdout_alone(capsys, work, tmp_path):
 
 def test_bf16_and_fp16_builds_record_their_precision(work):
     from dyt_edge.build import build_artifact
-    from dyt_edge.calibration.scope import openvino_float_scope
-
     bf16 = build_artifact(work, "openvino", precision="bf16")
     assert bf16.path == work / "openvino-bf16"
     assert bf16.build["precision"] == "bf16" and bf16.build["inference_precision"] == "bf16"
@@ -117,10 +115,19 @@ def test_bf16_and_fp16_builds_record_their_precision(work):
     assert b["fp16_weights"]["compressed"] > 0 and b["fp16_weights"]["kept_f32"] == len(NAMES)
     assert fp16.manifest["files"]["openvino_weights"]["bytes"] < \
         bf16.manifest["files"]["openvino_weights"]["bytes"] * 0.75
+    # below f32 the gates are stored as Multiply + ReduceSum (f32 wherever the IR is compiled),
+    # their weights f32
+    assert bf16.build["f32_gates"] == NAMES and b["f32_gates"] == NAMES
     model = ov().Core().read_model(str(fp16.path / "model.xml"))
-    scope = openvino_float_scope(model, NAMES)
-    for d in scope.dispatchers:  # the gate weights stay f32
-        gate = next(op for op in model.get_ops() if op.get_friendly_name() == d.gate_linear)
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    source = ov().Core().read_model(str(work / "model.xml"))
+
+    def matmuls(m):
+        return sum(op.get_type_name() == "MatMul" for op in m.get_ops())
+
+    assert matmuls(source) - matmuls(model) == len(NAMES)
+    for name in NAMES:
+        gate = ops[f"{name}/gate/GateMultiply"]
         w = gate.input_value(1).get_node()
         assert w.get_type_name() == "Constant"
         assert w.get_output_element_type(0) == ov().Type.f32

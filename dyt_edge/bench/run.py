@@ -41,7 +41,8 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
                    data: Optional[str] = None, baseline: bool = True, hint: str = "latency",
                    streams: Optional[int] = None, threads: Optional[int] = None,
                    images: int = DEFAULT_IMAGES, progress: MeasureProgress = None,
-                   device: Optional[str] = None) -> BenchResult:
+                   device: Optional[str] = None, float_parts: Optional[str] = None
+                   ) -> BenchResult:
     """Benchmark ``artifact`` (an :class:`~dyt_edge.artifacts.Artifact` or a path) on ``target``
     against its complete model (the method: ``docs/bench.md``).
 
@@ -53,13 +54,15 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
     DytEdgeError` subclasses raised before any timing starts.
     """
     from ..artifacts import Artifact, load_artifact, utc_now
-    from ..runtimes import RuntimeOptions, canonical_precision, open_runtime, runtime_class
+    from ..runtimes import (RuntimeOptions, canonical_precision, float_parts_extra,
+                            open_runtime, runtime_class)
 
     load_before = _load_average()
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     info = art.info
     check_settings(duration, warmup, images, hint)
     runtime_class(target)  # an unknown target is a usage error, before any work
+    extra = float_parts_extra(target, float_parts)
     sizes = resolve_batches(info.batch, batches)
     if precision is not None:
         precision = canonical_precision(precision)
@@ -87,7 +90,7 @@ def bench_artifact(artifact: Any, target: str, *, precision: Optional[str] = Non
                      "are repeated to fill the batch")
 
     options = RuntimeOptions(precision=precision, hint=hint, streams=streams, threads=threads,
-                             device=device)
+                             device=device, extra=extra)
     dyt = open_runtime(target, art, options)
     complete = None
     try:

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (DEVICE_HELP, Data, JsonOut, check_json_out, emit_json, human_console,
-                      json_stdout_guard, json_to_stdout)
+from .options import (DEVICE_HELP, FLOAT_PARTS_HELP, Data, JsonOut, check_json_out, emit_json,
+                      human_console, json_stdout_guard, json_to_stdout)
 
 BENCH_PANEL = "Benchmark"
 RUNTIME_PANEL = "Runtime"
@@ -56,6 +56,9 @@ def bench(
     device: Annotated[Optional[str], typer.Option(
         "--device", metavar="DEVICE", show_default=False, help=DEVICE_HELP,
         rich_help_panel=RUNTIME_PANEL)] = None,
+    float_parts: Annotated[Optional[str], typer.Option(
+        "--float-parts", metavar="PRECISION", show_default=False, help=FLOAT_PARTS_HELP,
+        rich_help_panel=RUNTIME_PANEL)] = None,
     json_out: JsonOut = None,
     plot: Annotated[bool, typer.Option(
         "--plot", help="Chart throughput and speedup per batch size (PNG).",
@@ -90,6 +93,9 @@ def bench(
     from dyt_edge.runtimes import runtime_class
 
     runtime_class(target)  # an unknown target: a one-line error before anything loads
+    from dyt_edge.runtimes import float_parts_extra
+
+    float_parts_extra(target, float_parts)
     err = Console(stderr=True)
     art, picked = resolve_artifact(artifact)
     if picked:
@@ -97,7 +103,7 @@ def bench(
     with json_stdout_guard(json_out):
         result = _run(art, target, err, precision=precision, batches=sizes, duration=duration,
                       warmup=warmup, data=data, baseline=baseline, hint=hint, streams=streams,
-                      threads=threads, images=images, device=device)
+                      threads=threads, images=images, device=device, float_parts=float_parts)
         payload = result.to_dict()
         render(payload, human_console(json_out))
     if emit_json(json_out, payload) is not None:

@@ -50,6 +50,23 @@ def build(
         "--max-drop", show_default=False, rich_help_panel=INT8_PANEL,
         help="With --accuracy-control: the largest allowed top-1 drop, in percentage points, "
         "in (0, 100]. \\[default: 1]")] = None,
+    smooth_quant: Annotated[Optional[str], typer.Option(
+        "--smooth-quant", show_default=False, rich_help_panel=INT8_PANEL,
+        help="OpenVINO: NNCF SmoothQuant, auto | on | off. auto quantizes without it (faster: "
+        "it puts a scale in front of every MatMul) and again with it when the INT8 model "
+        "agrees with the float one on under 99% of the calibration images' top-1. "
+        "\\[default: auto]")] = None,
+    float_attention: Annotated[Optional[bool], typer.Option(
+        "--float-attention/--quantize-attention", show_default=False,
+        rich_help_panel=INT8_PANEL,
+        help="OpenVINO: keep the attention core (softmax(q k^T) v) float, or quantize its "
+        "inputs. \\[default: float when --float-parts is below fp32, else quantized]")] = None,
+    float_parts: Annotated[Optional[str], typer.Option(
+        "--float-parts", show_default=False, rich_help_panel=INT8_PANEL,
+        help="OpenVINO: precision of what INT8 leaves float (LayerNorm, Softmax, GELU, residual "
+        "adds; the gates stay f32 whatever it is), auto | fp32 | bf16 | fp16, recorded in the "
+        "artifact (runtimes fall back to fp32 on a CPU without it). auto: bf16 where this "
+        "machine's CPU has it, else fp32. \\[default: auto]")] = None,
     gpu: Annotated[Optional[str], typer.Option(
         "--gpu", show_default=False, rich_help_panel=TRT_PANEL,
         help="auto | t4 | v100 | a10 | a2 | a30 | a100 | l4 | l40s | h100 | h200. The GPU the "
@@ -107,9 +124,11 @@ def build(
         raise UsageError("--target is required", "e.g. --target openvino")
     trt_options = dict(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache,
                        dry_run=dry_run, onnx_only=onnx_only)
+    ov_options = dict(smooth_quant=smooth_quant, float_attention=float_attention,
+                      float_parts=float_parts)
     opts = BuildOptions(target=target, precision=precision, calib=calib, calib_size=calib_size,
                         accuracy_control=accuracy_control, max_drop=max_drop,
-                        output=output, **trt_options)
+                        output=output, **trt_options, **ov_options)
     opts = check_options(opts)
     get_builder(opts.target).check(opts)
     json_out = check_json_out(json_out, "build.json")
@@ -122,6 +141,9 @@ def build(
     kwargs: dict[str, Any] = dict(precision=opts.precision, calib=calib, calib_size=calib_size,
                                   accuracy_control=accuracy_control, max_drop=max_drop,
                                   output=output)
+    if opts.target == "openvino":
+        kwargs.update(smooth_quant=opts.smooth_quant, float_attention=float_attention,
+                      float_parts=opts.float_parts)
     if opts.target == "tensorrt":
         kwargs.update(gpu=gpu, batch=batch, workspace=workspace, timing_cache=timing_cache)
         if onnx_only:
@@ -198,8 +220,12 @@ def render(result: Any, console=None) -> None:
     table.add_row("target", f"{b['target']} (OpenVINO {b['tools'].get('openvino', '?')}"
                   + (f", NNCF {b['tools']['nncf']}" if "nncf" in b["tools"] else "") + ")"
                   if b["target"] == "openvino" else b["target"])
+    gates = (f"; gates f32 in the IR ({len(b['f32_gates'])} as Multiply + ReduceSum)"
+             if b.get("f32_gates") else "")
     table.add_row("precision", f"{b['precision']} (weights {b.get('weights', '?')}, runtimes "
-                  f"set INFERENCE_PRECISION_HINT={b.get('inference_precision', '?')})")
+                  f"set INFERENCE_PRECISION_HINT={b.get('inference_precision', '?')}"
+                  + (f": float parts {b['float_parts']}" if b.get("float_parts") else "")
+                  + f"{gates})")
     table.add_row("model", f"{', '.join(f.path for f in info.files.values())} "
                   f"({size_text(size)}); float IR: {b.get('source_ir', '?')}")
     table.add_row("source", f"{b['source_model']['file']} sha256 "
@@ -213,8 +239,13 @@ def render(result: Any, console=None) -> None:
         scope = cal["ignored_scope"]
         reasons = ", ".join(f"{k} {v}" for k, v in scope["by_reason"].items())
         table.add_row("kept float", f"{scope['nodes']} nodes: {reasons}")
-        table.add_row("quantizers", f"{cal['quantization']['fake_quantize_nodes']} FakeQuantize "
-                      "(symmetric, transformer preset)")
+        q = cal["quantization"]
+        sq = "on" if q.get("smooth_quant") else "off"
+        if q.get("smooth_quant_mode") == "auto":
+            sq += " (auto)"
+        table.add_row("quantizers", f"{q['fake_quantize_nodes']} FakeQuantize (symmetric, "
+                      f"transformer preset); SmoothQuant {sq}; attention core "
+                      f"{'float' if q.get('float_attention') else 'int8'}")
         ac = cal.get("accuracy_control")
         if ac:
             ok = "[green]within[/]" if ac["within_max_drop"] else "[red]ABOVE[/]"

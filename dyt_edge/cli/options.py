@@ -50,6 +50,12 @@ DEVICE_HELP = ("Device of the target runtime (RuntimeOptions.device): cuda or cu
                "pytorch and onnxruntime, CPU for openvino, cuda:0 for tensorrt]")
 Device = Annotated[Optional[str], typer.Option(
     "--device", metavar="DEVICE", show_default=False, help=DEVICE_HELP)]
+FLOAT_PARTS_HELP = ("OpenVINO INT8 artifacts: run the parts INT8 leaves float (LayerNorm, "
+                    "Softmax, GELU, residual adds; the gates stay f32) at fp32 | bf16 | fp16. "
+                    "\\[default: the precision the build recorded (build --float-parts), fp32 "
+                    "on a CPU without it]")
+FloatParts = Annotated[Optional[str], typer.Option(
+    "--float-parts", metavar="PRECISION", show_default=False, help=FLOAT_PARTS_HELP)]
 JsonOut = Annotated[Optional[Path], typer.Option(
     "--json", metavar="PATH", show_default=False,
     help="Write the result as JSON to PATH (schema: docs/reports.md); '-' prints it on stdout "

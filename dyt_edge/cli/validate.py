@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (Device, JsonOut, check_json_out, emit_json, human_console,
+from .options import (Device, FloatParts, JsonOut, check_json_out, emit_json, human_console,
                       json_stdout_guard)
 
 CHECK_PANEL = "Thresholds (default: per precision, see docs/validate.md)"
@@ -36,6 +36,7 @@ def validate(
         "--batch", "-b", show_default=False,
         help="Images per inference. \\[default: 32, or the artifact's static batch]")] = None,
     device: Device = None,
+    float_parts: FloatParts = None,
     json_out: JsonOut = None,
     max_diff: Annotated[Optional[float], typer.Option(
         "--max-diff", show_default=False, rich_help_panel=CHECK_PANEL,
@@ -67,6 +68,9 @@ def validate(
 
         precision = canonical_precision(precision)
     target_name = check_target(target, device, precision)
+    from dyt_edge.runtimes import float_parts_extra
+
+    float_parts_extra(target_name, float_parts)
     if samples <= 0:
         from dyt_edge.errors import UsageError
 
@@ -90,7 +94,7 @@ def validate(
         report = validate_artifact(
             art, target_name, precision=precision, data=data, samples=samples, batch=batch,
             thresholds=overrides, progress=lambda msg: status.update(f"{msg}..."),
-            device=device)
+            device=device, float_parts=float_parts)
     report.artifact["picked"] = picked
     render(report, console)
     written = emit_json(json_out, report.to_dict())

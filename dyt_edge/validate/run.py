@@ -81,8 +81,8 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
                       precision: Optional[str] = None, data: Optional[str] = None,
                       samples: int = DEFAULT_SAMPLES, batch: Optional[int] = DEFAULT_BATCH,
                       thresholds: Optional[Union[Thresholds, Mapping[str, Any]]] = None,
-                      progress: Progress = None, device: Optional[str] = None
-                      ) -> ValidationReport:
+                      progress: Progress = None, device: Optional[str] = None,
+                      float_parts: Optional[str] = None) -> ValidationReport:
     """Validate ``artifact`` on ``target`` against the PyTorch reference (``docs/validate.md``).
 
     ``artifact``: an :class:`~dyt_edge.artifacts.Artifact`, a path, or None (the most recent
@@ -100,7 +100,7 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     import numpy as np
 
     from ..artifacts import Artifact, utc_now
-    from ..runtimes import RuntimeOptions, canonical_precision
+    from ..runtimes import RuntimeOptions, canonical_precision, float_parts_extra
 
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -108,6 +108,7 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     if precision is not None:
         precision = canonical_precision(precision)
     target = check_target(target, device, precision)
+    extra = float_parts_extra(target, float_parts)
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples <= 0:
         raise UsageError(f"--samples must be a positive integer, got {samples}")
     samples = int(samples)
@@ -127,7 +128,7 @@ def validate_artifact(artifact: Union["Artifact", str, Path, None], target: str,
     # "--data is required" before loading
     default_data(data, demo=is_demo_model(info), purpose="validation")
     say(f"opening {target}")
-    tgt = _open(target, art, RuntimeOptions(precision=precision, device=device))
+    tgt = _open(target, art, RuntimeOptions(precision=precision, device=device, extra=extra))
     runtimes = [tgt]
     try:
         # 3. the data, then the reference

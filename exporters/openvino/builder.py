@@ -9,6 +9,7 @@ before it is kept (INT8: compared with the float IR on the calibration images).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from ..builder import Builder, BuildContext, BuildError, BuildOutput
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _CHECK_BATCH = 64
+SMOOTH_QUANT_MIN_AGREEMENT = 0.99
+"""``--smooth-quant auto``: below this top-1 agreement with the float IR on the calibration
+images, the INT8 build is quantized again with SmoothQuant."""
 
 
 class OpenVinoBuilder(Builder):
@@ -32,6 +36,8 @@ class OpenVinoBuilder(Builder):
 
     target = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8")
+    own_flags = {"accuracy_control": "--accuracy-control", "smooth_quant": "--smooth-quant",
+                 "float_attention": "--float-attention", "float_parts": "--float-parts"}
 
     def build(self, ctx: BuildContext, staging: Path) -> BuildOutput:
         import tempfile
@@ -41,23 +47,25 @@ class OpenVinoBuilder(Builder):
         ov = import_openvino()
         precision = ctx.options.precision
         notes: list[str] = []
+        hint = _HINTS[precision]
+        if precision == "int8":
+            ctx.extra["float_parts"] = parts = self._float_parts(ctx, ov)
+            hint = _HINTS[parts]
         with tempfile.TemporaryDirectory(prefix="dyt-edge-build-") as tmp:
             with ctx.stage("float IR"):
                 float_model, source_ir = self._float_model(ctx, Path(tmp), ov)
-            record: dict[str, Any] = {"source_ir": source_ir,
-                                      "inference_precision": _HINTS[precision]}
+            record: dict[str, Any] = {"source_ir": source_ir, "inference_precision": hint}
             xml = staging / "model.xml"
             if precision == "int8":
-                record.update(self._int8(ctx, float_model, xml, ov, notes))
+                record.update(self._int8(ctx, float_model, xml, ov, notes, hint))
             else:
                 with ctx.stage("write"):
-                    self._mark(float_model, ctx, precision)
+                    self._mark(float_model, ctx, precision, hint)
+                    record["weights"] = "f16" if precision == "fp16" else "f32"
                     if precision == "fp16":
-                        record["weights"] = "f16"
-                        record["fp16_weights"] = self._save_fp16(float_model, xml, ctx, ov)
-                    else:
-                        record["weights"] = "f32"
-                        ov.save_model(float_model, str(xml), compress_to_fp16=False)
+                        record["fp16_weights"] = self._compress_fp16(float_model, ctx, ov)
+                    record["f32_gates"] = self._bake_f32_gates(float_model, ctx, hint)
+                    ov.save_model(float_model, str(xml), compress_to_fp16=False)
                 with ctx.stage("check"):
                     record["check"] = self._smoke(ctx, xml)
         record["tools"] = {"dyt_edge": __version__, "openvino": ov.get_version().split("-")[0]}
@@ -66,7 +74,7 @@ class OpenVinoBuilder(Builder):
 
             record["tools"]["nncf"] = nncf.__version__
         sections = {"openvino": {"compress_to_fp16": precision == "fp16",
-                                 "inference_precision": _HINTS[precision],
+                                 "inference_precision": hint,
                                  "weights": record["weights"]}}
         return BuildOutput(files={"openvino": "model.xml", "openvino_weights": "model.bin"},
                            format="openvino", record=record, sections=sections, notes=notes)
@@ -99,16 +107,35 @@ class OpenVinoBuilder(Builder):
                          dispatcher_names=ctx.dispatcher_names)
         return xml
 
-    def _mark(self, model, ctx: BuildContext, precision: str) -> None:
+    def _float_parts(self, ctx: BuildContext, ov) -> str:
+        """INT8: the precision of the parts left float (``--float-parts``; ``auto``: bf16 where
+        this machine's CPU has it, else fp32)."""
+        asked = ctx.options.float_parts or "auto"
+        if asked != "auto":
+            return asked
+        caps = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        return "bf16" if "BF16" in caps else "fp32"
+
+    def _bake_f32_gates(self, model, ctx: BuildContext, hint: str) -> list[str]:
+        """Below f32, store every gate as Multiply + ReduceSum
+        (:func:`dyt_edge.runtimes.openvino_gates.gates_as_reductions`), so the gates stay f32
+        wherever the IR is compiled, in a model server too. Returns the dispatchers rewritten."""
+        if hint == "f32":
+            return []
+        from ...runtimes.openvino_gates import gates_as_reductions
+
+        return gates_as_reductions(model, ctx.dispatcher_names)
+
+    def _mark(self, model, ctx: BuildContext, precision: str, hint: str) -> None:
         from .ir import RT_INFO_SECTION
 
         for key, value in (("build.target", "openvino"), ("build.precision", precision),
-                           ("build.inference_precision", _HINTS[precision]),
+                           ("build.inference_precision", hint),
                            ("build.source_model.sha256", ctx.onnx_sha256)):
             model.set_rt_info(str(value), [RT_INFO_SECTION, f"dyt_edge.{key}"])
 
     # -- fp16 ---------------------------------------------------------------------------------
-    def _save_fp16(self, model, xml: Path, ctx: BuildContext, ov) -> dict[str, int]:
+    def _compress_fp16(self, model, ctx: BuildContext, ov) -> dict[str, int]:
         """Every MatMul / Convolution weight outside the float scope stored as f16 (a Constant
         f16 -> Convert f32 pair, what ``compress_to_fp16`` writes); the gates, LayerNorm and
         biases keep f32. (OpenVINO's own ``compress_to_fp16`` keeps most weights of these
@@ -116,36 +143,78 @@ class OpenVinoBuilder(Builder):
         from ...calibration.scope import openvino_float_scope
 
         scope = openvino_float_scope(model, ctx.dispatcher_names)
-        counts = compress_weights_f16(model, set(scope.reasons), ov)
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        return counts
+        return compress_weights_f16(model, set(scope.reasons), ov)
 
     # -- int8 ---------------------------------------------------------------------------------
-    def _int8(self, ctx: BuildContext, float_model, xml: Path, ov, notes: list[str]
-              ) -> dict[str, Any]:
-        from ...calibration.openvino_int8 import QuantizeSettings, quantize
+    def _int8(self, ctx: BuildContext, float_model, xml: Path, ov, notes: list[str],
+              hint: str) -> dict[str, Any]:
+        """NNCF INT8 with the settings of ``--smooth-quant`` / ``--float-attention`` /
+        ``--float-parts``. SmoothQuant ``auto`` quantizes without it first (faster on these
+        graphs: it puts a scale in front of every MatMul) and again with it when the result's
+        top-1 agreement with the float IR is below :data:`SMOOTH_QUANT_MIN_AGREEMENT`, keeping
+        the one that agrees more."""
+        from ...calibration.openvino_int8 import QuantizeSettings
 
-        calib = ctx.calibration
         opts = ctx.options
-        settings = QuantizeSettings(subset_size=len(calib), max_drop=opts.max_drop)
-        with ctx.stage("quantize"):
-            result = quantize(float_model, calib, dispatcher_names=ctx.dispatcher_names,
-                              settings=settings, batch=ctx.static_batch, progress=ctx.progress)
+        mode = opts.smooth_quant or "auto"
+        float_attention = (opts.float_attention if opts.float_attention is not None
+                           else hint != "f32")
+        settings = QuantizeSettings(subset_size=len(ctx.calibration), max_drop=opts.max_drop,
+                                    smooth_quant=mode == "on", float_attention=float_attention)
+        result, check, gates = self._quantize_and_check(ctx, float_model, settings, xml, ov,
+                                                        hint)
+        tried = {"on" if settings.smooth_quant else "off": check.get("top1_agreement")}
+        if (mode == "auto" and check.get("top1_agreement") is not None
+                and check["top1_agreement"] < SMOOTH_QUANT_MIN_AGREEMENT):
+            ctx.say(f"INT8 without SmoothQuant agrees {check['top1_agreement']:.1%} with the "
+                    "float IR; quantizing again with SmoothQuant")
+            first = (result, check, gates, settings)
+            settings = replace(settings, smooth_quant=True)
+            alt = xml.with_name("model-smoothquant.xml")
+            result, check, gates = self._quantize_and_check(ctx, float_model, settings, alt,
+                                                            ov, hint)
+            tried["on"] = check.get("top1_agreement")
+            if check["top1_agreement"] > first[1]["top1_agreement"]:
+                alt.replace(xml)
+                alt.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+            else:
+                alt.unlink()
+                alt.with_suffix(".bin").unlink()
+                result, check, gates, settings = first
+            notes.append(f"--smooth-quant auto: top-1 agreement with the float IR "
+                         f"{tried['off']:.2%} without SmoothQuant, {tried['on']:.2%} with it; "
+                         f"kept {'with' if settings.smooth_quant else 'without'}")
         notes.extend(result.notes)
-        with ctx.stage("write"):
-            self._mark(result.model, ctx, "int8")
-            ov.save_model(result.model, str(xml), compress_to_fp16=False)
-        with ctx.stage("check"):
-            check = self._agreement(ctx, float_model, xml, ov)
+        calib = ctx.calibration
         calibration = {**calib.record(), "size": calib.requested, "images": len(calib),
                        "ignored_scope": result.scope.summary(),
-                       "quantization": {**settings.to_dict(),
+                       "quantization": {**settings.to_dict(), "smooth_quant_mode": mode,
+                                        "smooth_quant_agreement": tried,
                                         "fake_quantize_nodes": result.quantizers,
                                         "restored_after_smooth_quant": result.restored,
                                         "seconds": round(result.seconds, 2)},
                        "accuracy_control": result.accuracy_control}
         calibration.pop("requested", None)
-        return {"weights": "int8", "calibration": calibration, "check": check}
+        return {"weights": "int8", "float_parts": ctx.extra["float_parts"],
+                "f32_gates": gates, "calibration": calibration, "check": check}
+
+    def _quantize_and_check(self, ctx: BuildContext, float_model, settings, xml: Path, ov,
+                            hint: str) -> tuple[Any, dict[str, Any], list[str]]:
+        """Quantize with ``settings``, store the IR at ``xml`` (gates baked f32 below an f32
+        ``hint``) and compare it with the float IR. Returns the quantization result, the
+        comparison and the gates baked f32."""
+        from ...calibration.openvino_int8 import quantize
+
+        with ctx.stage("quantize"):
+            result = quantize(float_model, ctx.calibration, dispatcher_names=ctx.dispatcher_names,
+                              settings=settings, batch=ctx.static_batch, progress=ctx.progress)
+        with ctx.stage("write"):
+            self._mark(result.model, ctx, "int8", hint)
+            gates = self._bake_f32_gates(result.model, ctx, hint)
+            ov.save_model(result.model, str(xml), compress_to_fp16=False)
+        with ctx.stage("check"):
+            check = self._agreement(ctx, float_model, xml, ov)
+        return result, check, gates
 
     def _agreement(self, ctx: BuildContext, float_model, xml: Path, ov) -> dict[str, Any]:
         """The saved INT8 IR against the float IR on the calibration images, both compiled at
