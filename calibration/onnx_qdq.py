@@ -139,6 +139,10 @@ def to_qdq_int8(model: "onnx.ModelProto", images: "np.ndarray", *, per_channel: 
     graph's type, so ``fp16`` is the faster engine (ModelOpt's ``high_precision_dtype``).
     """
     import onnx
+
+    from ..runtimes.backends import import_onnxruntime
+
+    import_onnxruntime()  # telemetry off first; a missing ONNX Runtime names its install
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 

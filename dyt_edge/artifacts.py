@@ -50,6 +50,9 @@ DEFAULT_ROOT = "dyt-edge-out"
 KINDS = ("onnx", "openvino", "tensorrt")
 """Artifact kinds a manifest's ``files`` may name as a model (``openvino_weights`` is the .bin,
 ``tensorrt_metadata`` the engine's ``engine.json``)."""
+MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".bin", ".engine", ".plan")
+"""The suffixes of an artifact's model files (ONNX, OpenVINO IR and its weights, TensorRT
+engine)."""
 STAGING_PREFIX = ".dyt-edge-staging-"
 RETIRED_PREFIX = ".dyt-edge-retired-"
 
@@ -293,7 +296,7 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
     t = Path(target)
     check_output_dir(t)
     created = create_missing_dirs(t.parent)
-    _cleanup_leftovers(t)
+    remove_leftovers(t.parent, (f"{STAGING_PREFIX}{t.name}-*", f"{RETIRED_PREFIX}{t.name}-*"))
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{t.name}-", dir=t.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
@@ -374,13 +377,17 @@ def _umask() -> int:
     return mask
 
 
-def _cleanup_leftovers(target: Path) -> None:
-    """Remove staging / retired siblings a killed export left behind (not a running one's:
-    only those older than an hour)."""
+def remove_leftovers(directory: Path, patterns: "tuple[str, ...]") -> None:
+    """Remove the entries of ``directory`` matching ``patterns`` (glob) that a killed export
+    left behind: staging directories, renamed-away files or directories. Not a running
+    export's: only those older than an hour."""
     import time
 
-    for prefix in (STAGING_PREFIX, RETIRED_PREFIX):
-        for d in target.parent.glob(f"{prefix}{target.name}-*"):
+    for pattern in patterns:
+        for q in directory.glob(pattern):
             with contextlib.suppress(OSError):
-                if time.time() - d.stat().st_mtime > 3600:
-                    shutil.rmtree(d, ignore_errors=True)
+                if time.time() - q.lstat().st_mtime > 3600:
+                    if q.is_dir() and not q.is_symlink():
+                        shutil.rmtree(q, ignore_errors=True)
+                    else:
+                        q.unlink()

@@ -155,8 +155,7 @@ def _reusable_checkpoint(path: Path) -> bool:
 
 
 def _reusable_export(out: Path, checkpoint: Path) -> bool:
-    from .artifacts import ArtifactError, load_artifact
-    from .checkpoint import file_sha256
+    from .artifacts import ArtifactError, file_sha256, load_artifact
 
     try:
         art = load_artifact(out)

@@ -104,6 +104,16 @@ def compare_outputs(r_logits: "np.ndarray", r_masks: Optional["np.ndarray"],
     return metrics, layers, notes
 
 
+def overflow_counts(masks: "np.ndarray", slots: "np.ndarray") -> "np.ndarray":
+    """Per image and dispatcher, how many active tokens a ``capacity`` export's ``slots`` (one
+    per dispatcher) drop: ``masks`` are gate decisions ``[N, L, P]``, the result is ``[N, L]``.
+    The numpy twin of :func:`dyt_edge.model.dispatch.capacity_overflow`, for readers of
+    runtime outputs (no torch)."""
+    import numpy as np
+
+    return np.clip(masks.sum(axis=-1) - slots[None, :], 0, None)
+
+
 def capacity_overflow(exact: tuple["np.ndarray", Optional["np.ndarray"]],
                        dispatch: "Dispatch", labels: Optional["np.ndarray"],
                        layers: list[dict[str, Any]], classes: int) -> dict[str, Any]:
@@ -118,8 +128,7 @@ def capacity_overflow(exact: tuple["np.ndarray", Optional["np.ndarray"]],
                            "overflow_images": None, "overflow_pct": None,
                            "overflow_tokens": None, "exact_accuracy_pct": None}
     if masks is not None and masks.shape[1] == len(slots):
-        counts = masks.sum(axis=2)                                    # [N, L]
-        over = np.clip(counts - slots[None, :], 0, None)
+        over = overflow_counts(masks, slots)                          # [N, L]
         images = int((over.sum(axis=1) > 0).sum())
         out.update({"overflow_images": images,
                     "overflow_pct": 100.0 * images / max(len(masks), 1),
@@ -133,4 +142,4 @@ def capacity_overflow(exact: tuple["np.ndarray", Optional["np.ndarray"]],
     return out
 
 
-__all__ = ["capacity_overflow", "compare_outputs"]
+__all__ = ["capacity_overflow", "compare_outputs", "overflow_counts"]

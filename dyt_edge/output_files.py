@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from .artifacts import (RETIRED_PREFIX, STAGING_PREFIX, KINDS, MANIFEST_NAME, ArtifactError,
-                        PathLike, create_missing_dirs, existing_ancestor, file_sha256,
-                        read_manifest, remove_created_dirs)
+from .artifacts import (MODEL_FILE_SUFFIXES, RETIRED_PREFIX, STAGING_PREFIX, KINDS,
+                        MANIFEST_NAME, ArtifactError, PathLike, create_missing_dirs,
+                        existing_ancestor, file_sha256, read_manifest, remove_created_dirs,
+                        remove_leftovers)
 from .errors import UsageError
 from .manifest import FileEntry, Manifest
 
-MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".bin", ".json", ".engine", ".plan")
+OUTPUT_FILE_SUFFIXES = (*MODEL_FILE_SUFFIXES, ".json")
 """Suffixes that make ``-o`` a file name rather than a directory (unless it is an existing
 directory)."""
 
@@ -75,14 +76,14 @@ class OutputTarget:
 def output_target(output: PathLike, model_suffix: str,
                   refuse: Optional[Mapping[str, tuple[str, str]]] = None) -> OutputTarget:
     """What ``-o`` asks for: a directory, or (a path ending in one of
-    :data:`MODEL_FILE_SUFFIXES`, not an existing directory) a model file named inside one.
+    :data:`OUTPUT_FILE_SUFFIXES`, not an existing directory) a model file named inside one.
 
     ``model_suffix`` is the suffix the format writes (``.onnx``); any other model-file suffix is
     refused, with ``refuse[suffix]`` = (why, fix) when given.
     """
     p = Path(output)
     suffix = p.suffix.lower()
-    if p.is_dir() or suffix not in MODEL_FILE_SUFFIXES:
+    if p.is_dir() or suffix not in OUTPUT_FILE_SUFFIXES:
         return OutputTarget(p)
     if suffix != model_suffix.lower():
         why, fix = (refuse or {}).get(
@@ -173,7 +174,7 @@ def staged_files(directory: PathLike, names: "list[str] | tuple[str, ...]",
     d = Path(directory)
     check_output_files(d, names, stem)
     created = create_missing_dirs(d)
-    _cleanup_file_leftovers(d, stem)
+    remove_leftovers(d, (f"{STAGING_PREFIX}{stem}-*", f"{RETIRED_PREFIX}{stem}.*-*"))
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stem}-", dir=d))
     try:
         yield staging
@@ -225,18 +226,3 @@ def _commit_files(d: Path, staging: Path, written: list[str]) -> None:
     for _, away in retired:
         with contextlib.suppress(OSError):
             away.unlink()
-
-
-def _cleanup_file_leftovers(d: Path, stem: str) -> None:
-    """Remove what a killed file-target export left in ``d`` (only if older than an hour)."""
-    import time
-
-    patterns = (f"{STAGING_PREFIX}{stem}-*", f"{RETIRED_PREFIX}{stem}.*-*")
-    for pattern in patterns:
-        for q in d.glob(pattern):
-            with contextlib.suppress(OSError):
-                if time.time() - q.lstat().st_mtime > 3600:
-                    if q.is_dir() and not q.is_symlink():
-                        shutil.rmtree(q, ignore_errors=True)
-                    else:
-                        q.unlink()

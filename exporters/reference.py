@@ -69,12 +69,13 @@ class TorchReference:
 
     def _runtime(self, mode: str, float64: bool) -> Any:
         """The PyTorch runtime of the model in ``mode`` (fp32, or a float64 copy), kept."""
+        from ..precisions import REFERENCE
         from ..runtimes.base import RuntimeOptions
         from ..runtimes.torch_runtime import TorchRuntime
 
         key = (mode, float64, self.model.dispatch_mode, self.model.capacity)
         if key not in self._runtimes:
-            options = RuntimeOptions(precision="fp64" if float64 else "fp32", dispatch=mode)
+            options = RuntimeOptions(precision=REFERENCE if float64 else "fp32", dispatch=mode)
             self._runtimes[key] = TorchRuntime.from_model(self.model, options=options)
         return self._runtimes[key]
 

@@ -38,6 +38,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from dyt_edge.data import generated_images
+from dyt_edge.metrics import overflow_counts
 from dyt_edge.rounding import (FLOOR, TIE_FLOOR, RoundingScale, same_decisions)
 
 from .errors import ValidationError
@@ -273,7 +274,7 @@ def validate(runner: Runner, model, *, gate_biases: Optional[list[Optional[str]]
         res.active_per_image = [int(v) for v in masks.reshape(len(masks), -1).sum(axis=1)]
         skip_vs_mask: set[int] = set()
         if slots is not None:
-            over = np.clip(masks.sum(axis=-1) - slots[None, :], 0, None)     # [B, L]
+            over = overflow_counts(masks, slots)                             # [B, L]
             res.overflow_tokens = int(over.sum())
             overflowed = np.nonzero(over.sum(axis=1) > 0)[0]
             res.overflow_images = int(len(overflowed))

@@ -51,12 +51,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact
+from ..artifacts import Artifact, file_sha256
 from ..errors import DytEdgeError, UsageError
+from ..precisions import REFERENCE
 from .base import (RunOutput, Runtime, RuntimeOptions, RuntimeSetupError, RuntimeUnavailable,
                    cpu_name, file_facts)
 
-CPU_PRECISIONS = ("fp32", "bf16", "fp64")
+CPU_PRECISIONS = ("fp32", "bf16", REFERENCE)
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
 BF16_MIN_CAPABILITY = (8, 0)
 """bf16 on CUDA: Ampere (sm_80) and newer (earlier GPUs have no bf16 arithmetic)."""
@@ -145,7 +146,7 @@ def _device_of(model: Any) -> Any:
 class TorchRuntime(Runtime):
     target = "pytorch"
     kind = None
-    precisions = ("fp32", "fp16", "bf16", "fp64")
+    precisions = ("fp32", "fp16", "bf16", REFERENCE)
     install = "pip install torch==2.14.1"
 
     def __init__(self, artifact: Artifact, options: Optional[RuntimeOptions] = None, *,
@@ -205,7 +206,7 @@ class TorchRuntime(Runtime):
             raise RuntimeSetupError("--target pytorch runs fp16 on a CUDA GPU only, not on the "
                                     "CPU", "choose fp32 or bf16 (CPU autocast), or pass "
                                     "--device cuda on a machine with an NVIDIA GPU")
-        if precision == "fp64" and on_cuda:
+        if precision == REFERENCE and on_cuda:
             raise RuntimeSetupError(f"--target pytorch runs fp64 on the CPU only (the float64 "
                                     f"rounding yardstick), not on {self.device}",
                                     "drop --device, or choose fp32, fp16 or bf16")
@@ -227,7 +228,7 @@ class TorchRuntime(Runtime):
         self.mode, self.capacity = self._dispatch_mode()
         if self._given_model is not None:
             self.model = self._given_model
-            if self.precision == "fp64":
+            if self.precision == REFERENCE:
                 import copy
 
                 self.model = copy.deepcopy(self._given_model)
@@ -235,7 +236,7 @@ class TorchRuntime(Runtime):
         else:
             self.checkpoint = self._checked_checkpoint()
             self.model = self._load_model(self.checkpoint)
-        if self.precision == "fp64":
+        if self.precision == REFERENCE:
             self.model.double()
         self.model.eval()
         if _device_of(self.model) != self.device:
@@ -277,8 +278,6 @@ class TorchRuntime(Runtime):
         return mode, capacity
 
     def _checked_checkpoint(self) -> Path:
-        from ..checkpoint import file_sha256
-
         path, want = self.info.source.path, self.info.source.sha256
         if not path:
             raise RuntimeSetupError(
@@ -342,14 +341,14 @@ class TorchRuntime(Runtime):
 
     def _input(self, images: np.ndarray) -> Any:
         x = self.backend.from_numpy(self.check_batch(images))
-        if self.precision == "fp64":
+        if self.precision == REFERENCE:
             x = x.double()
         return x.to(self.device) if self.device.type != "cpu" else x
 
     def run(self, images: np.ndarray) -> RunOutput:
         logits, masks = self._forward(self._input(images))
         logits, masks = logits.cpu(), masks.cpu()  # waits for the device
-        if self.precision == "fp64":
+        if self.precision == REFERENCE:
             out = logits.numpy().astype(np.float64, copy=False)
         else:
             out = logits.float().numpy().astype(np.float32, copy=False)
@@ -377,7 +376,7 @@ class TorchRuntime(Runtime):
                     "bf16": "bf16 (CUDA autocast, gates fp32)"}.get(
                         self.precision, "fp32 (IEEE, TF32 off)")
         return {"bf16": "bf16 (CPU autocast, gates fp32)",
-                "fp64": "float64 (a copy of the model)"}.get(self.precision, "fp32")
+                REFERENCE: "float64 (a copy of the model)"}.get(self.precision, "fp32")
 
     def _describe(self) -> dict[str, Any]:
         torch = self.backend

@@ -252,7 +252,8 @@ def capacity_overflow(masks: torch.Tensor, slots: int | list[int]) -> torch.Tens
     """Per image and dispatcher, how many active patch tokens `capacity` mode dropped.
 
     ``masks`` are the gate decisions [B, L, P] a model returns with ``return_masks=True``;
-    ``slots`` the patch slots per dispatcher (one int for all, or one per dispatcher).
+    ``slots`` the patch slots per dispatcher (one int for all, or one per dispatcher). Its
+    numpy twin, for runtime outputs: :func:`dyt_edge.metrics.overflow_counts`.
     """
     counts = masks.to(torch.int64).sum(dim=-1)                           # [B, L]
     cap = torch.as_tensor(slots, dtype=torch.int64, device=masks.device)

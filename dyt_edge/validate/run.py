@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 from ..batches import run_in_batches
 from ..errors import DytEdgeError, UsageError, ValidationAborted
 from ..metrics import capacity_overflow, compare_outputs
+from ..precisions import REFERENCE
 from ..progress import Progress
 from .checks import make_checks
 from .inputs import DEFAULT_SAMPLES, check_target, load_validation_data, pick_artifact
@@ -245,7 +246,7 @@ def _measure_rounding(ref: Any, art: "Artifact", images: "np.ndarray", batch: in
     if not len(candidates):
         return None
     chosen = np.sort(candidates[np.argsort(-diff[candidates], kind="stable")][:ROUNDING_IMAGES])
-    ref64 = _reference_variant(ref, art, RuntimeOptions(precision="fp64"))
+    ref64 = _reference_variant(ref, art, RuntimeOptions(precision=REFERENCE))
     runtimes.append(ref64)
     l64, m64 = _run_all(ref64, images[chosen], batch, "PyTorch float64", progress)
     scale = rounding_scale(r_logits[chosen], l64,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..artifacts import DEFAULT_ROOT, ArtifactError, PathLike, default_output_dir, utc_now
+from ..artifacts import (DEFAULT_ROOT, ArtifactError, PathLike, default_output_dir,
+                         existing_ancestor, utc_now)
 from ..report_files import write_report
 from ..errors import UsageError
 from ..reports import report_header
@@ -86,12 +87,7 @@ def check_figures_dir(target: PathLike) -> Path:
     if t.exists() and not t.is_dir():
         raise ArtifactError(f"output path {t} exists and is not a directory",
                             "pass -o with a directory path")
-    probe = t
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ArtifactError(f"cannot create {t}: {probe} is a file",
-                            "pass -o with a directory path")
+    probe = existing_ancestor(t, "pass -o with a directory path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ArtifactError(f"output directory {t} is not writable ({probe} denies writing)",
                             "pass -o with a directory you can write to")

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..artifacts import (DEFAULT_ROOT, MANIFEST_NAME, Artifact, PathLike, load_artifact,
-                         resolve_artifact)
+from ..artifacts import (DEFAULT_ROOT, MANIFEST_NAME, MODEL_FILE_SUFFIXES, Artifact, PathLike,
+                         load_artifact, resolve_artifact)
 from ..errors import UsageError
-
-_ARTIFACT_FILES = (".onnx", ".xml", ".bin", ".engine", ".plan")
 
 
 @dataclass
@@ -42,11 +40,11 @@ def resolve_source(source: Optional[PathLike], root: PathLike = DEFAULT_ROOT) ->
                              f"no {MANIFEST_NAME})", hint)
         art = load_artifact(p)
         return Source("artifact", art.path, art)
-    if p.name == MANIFEST_NAME or (p.suffix.lower() in _ARTIFACT_FILES
+    if p.name == MANIFEST_NAME or (p.suffix.lower() in MODEL_FILE_SUFFIXES
                                    and (p.parent / MANIFEST_NAME).is_file()):
         art = load_artifact(p)
         return Source("artifact", art.path, art)
-    if p.suffix.lower() in _ARTIFACT_FILES:
+    if p.suffix.lower() in MODEL_FILE_SUFFIXES:
         raise UsageError(f"{p} is a model file without a {MANIFEST_NAME} beside it", hint)
     return Source("checkpoint", p)
 

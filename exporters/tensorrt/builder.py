@@ -87,10 +87,7 @@ class TensorRTBuilder(Builder):
             raise UsageError("--target tensorrt builds fp32, fp16 or int8, not bf16",
                              "choose --precision fp16 (every supported GPU has FP16 tensor "
                              "cores), or build bf16 for the CPU with --target openvino")
-        super().check(options)
-        if options.accuracy_control:
-            raise UsageError("--accuracy-control applies to --target openvino (NNCF) only",
-                             "drop it; check the INT8 engine with dyt-edge validate")
+        super().check(options)  # --accuracy-control: refused as an OpenVINO own flag
         if options.gpu is not None and options.gpu.strip().lower() != gpus.AUTO:
             gpus.gpu_profile(options.gpu)
         tplan.parse_batch(options.batch)
@@ -244,12 +241,14 @@ class TensorRTBuilder(Builder):
                             "saved_bytes": len(built.timing_cache or b"")}
         from ...artifacts import file_sha256
 
+        # fp32: model.onnx is the export's file copied byte for byte, already hashed (ctx)
+        onnx_sha256 = ctx.onnx_sha256 if plan.precision == "fp32" else file_sha256(onnx_out)
         meta = tplan.engine_metadata(
             trt=plan.tensorrt, gpu=plan.detected, profile=plan.gpu, precision=plan.precision,
             batch=plan.batch, input_name=plan.input_name, chw=plan.chw,
             dispatch=plan.dispatch.to_dict(),
             source_model={"file": ctx.onnx_path.name, "sha256": ctx.onnx_sha256},
-            onnx={"file": engine_file.ONNX_FILE, "sha256": file_sha256(onnx_out)},
+            onnx={"file": engine_file.ONNX_FILE, "sha256": onnx_sha256},
             engine={"file": engine_file.ENGINE_FILE, "bytes": len(built.engine),
                     "sha256": file_sha256(engine_path)},
             workspace_gib=plan.workspace_gib, io=built.io,
@@ -288,7 +287,8 @@ class TensorRTBuilder(Builder):
         """``--onnx-only``: the graph TensorRT would parse, converted and checked against the
         export on ONNX Runtime, and the manifest; no TensorRT, no engine."""
         import onnx
-        import onnxruntime
+
+        from ...runtimes.backends import import_onnxruntime
 
         with ctx.stage("graph"):
             graph = self._write_graph(ctx, staging / engine_file.ONNX_FILE)
@@ -312,7 +312,7 @@ class TensorRTBuilder(Builder):
             "trtexec": commands,
             "check": graph.pop("check", None),
             "tools": {"dyt_edge": __version__, "onnx": onnx.__version__,
-                      "onnxruntime": onnxruntime.__version__},
+                      "onnxruntime": import_onnxruntime().__version__},
         }
         if "calibration" in graph:
             record["calibration"] = graph.pop("calibration")
