@@ -129,15 +129,13 @@ def prepare_files(work: Path, cfg, rate: float, n_images: int, calib_images: int
     return paths
 
 
-def open_models(paths: dict[str, Path], threads: int, profile: bool = False) -> dict[str, Any]:
+def open_models(paths: dict[str, Path], threads: int) -> dict[str, Any]:
     """name -> an open runtime."""
     from dyt_edge.runtimes import RuntimeOptions, open_runtime
 
     def ov(path: Path, precision: str, **extra: Any):
-        config = {"PERF_COUNT": True} if profile else {}
         return open_runtime("openvino", str(path), RuntimeOptions(
-            precision=precision, threads=threads, hint="latency",
-            extra={**extra, **({"config": config} if config else {})}))
+            precision=precision, threads=threads, hint="latency", extra=extra))
 
     export, int8 = paths["export"], paths["int8"]
     models = {
@@ -314,20 +312,36 @@ def activation(runtime, batches) -> tuple[list[float], float]:
     return [float(v) for v in per_layer], float(per_layer.mean())
 
 
-def profile_top(runtime, x, top: int = 12) -> list[dict[str, Any]]:
-    """OpenVINO per-node counters of one call, summed by node type (``PERF_COUNT``): the
-    last of a few calls on one request (the first calls at a new shape also prepare kernels)."""
-    req = runtime.compiled.create_infer_request()
-    for _ in range(4):
+def profile_top(path: Path, threads: int, x, top: int = 12) -> list[dict[str, Any]]:
+    """OpenVINO per-node counters (``PERF_COUNT``) of one call at batch ``len(x)``, summed by
+    node type, on a model compiled for this alone: once a model has run other shapes, its
+    counters no longer add up to the call's time (seen with OpenVINO 2026.4: a batch-1 call of
+    28 ms read 126-151 ms after batch-8 calls). The last of four calls on one input; each row
+    also holds the call's wall time and the sum over all nodes, which agree when the counters
+    are sound."""
+    from dyt_edge.runtimes import RuntimeOptions, open_runtime
+
+    runtime = open_runtime("openvino", str(path), RuntimeOptions(
+        threads=threads, hint="latency", extra={"config": {"PERF_COUNT": True}}))
+    try:
+        req = runtime.compiled.create_infer_request()
+        for _ in range(3):
+            req.infer({0: x})
+        t0 = time.perf_counter()
         req.infer({0: x})
-    by_type: dict[str, float] = {}
-    for info in req.profiling_info:
-        us = info.real_time.total_seconds() * 1e6
-        key = f"{info.node_type} ({info.exec_type})"
-        by_type[key] = by_type.get(key, 0.0) + us
+        wall_us = (time.perf_counter() - t0) * 1e6
+        by_type: dict[str, float] = {}
+        for info in req.profiling_info:
+            us = info.real_time.total_seconds() * 1e6
+            key = f"{info.node_type} ({info.exec_type})"
+            by_type[key] = by_type.get(key, 0.0) + us
+    finally:
+        runtime.close()
     total = sum(by_type.values()) or 1.0
     rows = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
-    return [{"node": k, "us": round(v, 1), "share": round(v / total, 4)} for k, v in rows]
+    return [{"node": k, "us": round(v, 1), "share": round(v / total, 4),
+             "call_wall_us": round(wall_us, 1), "nodes_total_us": round(total, 1)}
+            for k, v in rows]
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -413,7 +427,7 @@ def main(argv=None) -> int:
     peaks_before = gemm_peaks(args.threads, peak_seconds)
     log("peaks (GOP/s): " + json.dumps({k: {p: round(v) for p, v in d.items()}
                                           for k, d in peaks_before.items()}))
-    models = open_models(paths, args.threads, args.profile)
+    models = open_models(paths, args.threads)
     record: dict[str, Any] = {"machine": machine(), "threads": args.threads, "rate": args.rate,
                               "rounds": args.rounds, "chunk_s": args.chunk, "batches": batches,
                               "model": "ViT-B/16 DyT, mlp, bottleneck 64 (random weights, "
@@ -433,6 +447,9 @@ def main(argv=None) -> int:
             f"{args.rounds} rounds x {len(calls)} models x {args.chunk:g} s")
         results_by_batch[b] = interleaved(calls, b, args.rounds, args.chunk)
         del calls
+        if args.profile:
+            record.setdefault("profile_int8_batch", {})[str(b)] = profile_top(
+                paths["int8"], args.threads, np.ascontiguousarray(images[:b]))
     peaks_after = gemm_peaks(args.threads, peak_seconds)
     peaks = best_peaks([peaks_before, peaks_after])
     record["peaks"] = {"before": peaks_before, "after": peaks_after, "best": peaks}
@@ -440,16 +457,15 @@ def main(argv=None) -> int:
         record["results"][str(b)] = summarize(per_round,
                                               record["activation"][str(b)]["flops_per_image"],
                                               peaks)
-    if args.profile:
-        record["profile_int8_batch"] = {
-            str(b): profile_top(models["openvino int8"], images[:b]) for b in batches}
     for rt in models.values():
         rt.close()
     text = markdown_table(record)
     print(text)
     if args.profile:
         for b, rows in record["profile_int8_batch"].items():
-            print(f"\nOpenVINO INT8, batch {b}, time by node type:")
+            print(f"\nOpenVINO INT8, batch {b}, time by node type (node times sum to "
+                  f"{rows[0]['nodes_total_us'] / 1e3:.1f} ms; the call took "
+                  f"{rows[0]['call_wall_us'] / 1e3:.1f} ms):")
             for r in rows:
                 print(f"  {r['share']:6.1%}  {r['us']:9.0f} us  {r['node']}")
     if args.json:

@@ -57,7 +57,8 @@ def test_tiny_run_end_to_end(vs_pytorch, tmp_path, capsys):
     out = tmp_path / "run.json"
     assert vs_pytorch.main(["--tiny", "--work", str(tmp_path / "work"), "--rounds", "1",
                             "--chunk", "0.05", "--batches", "1,2", "--images", "8",
-                            "--calib-images", "8", "--threads", "1", "--json", str(out)]) == 0
+                            "--calib-images", "8", "--threads", "1", "--profile",
+                            "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     names = {"pytorch fp32", "pytorch bf16", "openvino f32", "openvino int8"}
     bf16 = "BF16" in record["describe"]["openvino f32"]["capabilities"]
@@ -77,12 +78,17 @@ def test_tiny_run_end_to_end(vs_pytorch, tmp_path, capsys):
         assert described["openvino bf16"]["gate_path"].startswith("f32")
         assert described["openvino bf16 gates-bf16"]["gate_path"] == "bf16"
     assert set(record["peaks"]["best"]) >= {"f32", "int8"} | ({"bf16"} if bf16 else set())
+    for b in ("1", "2"):
+        rows = record["profile_int8_batch"][b]
+        assert rows and all(r["us"] > 0 and 0 < r["share"] <= 1 for r in rows)
+        assert rows[0]["call_wall_us"] > 0 and rows[0]["nodes_total_us"] >= rows[0]["us"]
     table = capsys.readouterr().out
     assert "| openvino int8 |" in table and "Matrix-multiply peaks" in table
+    assert "OpenVINO INT8, batch 2, time by node type" in table
     # the table can be printed again from the JSON
     assert vs_pytorch.main(["--markdown", str(out)]) == 0
     again = capsys.readouterr().out.strip()
-    assert again.startswith("| model |") and table.strip().endswith(again)
+    assert again.startswith("| model |") and again in table
     # a second run reuses the files it made, a changed setting makes them again
     said = []
     vs_pytorch.prepare_files(tmp_path / "work", vs_pytorch.model_config(True), 0.5, 8, 8,
