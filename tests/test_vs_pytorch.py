@@ -112,3 +112,26 @@ def test_int8_levers_reuses_the_files_and_reports_every_variant(vs_pytorch, tmp_
     assert record["quantizers"]["float-attention"] < record["quantizers"]["default"]
     assert record["agreement_vs_f32"]["f32 DyT"] == {"top1": 1.0, "gate_flips": 0.0}
     assert "| int8 no-smoothquant float-attention |" in capsys.readouterr().out
+
+
+def test_static_batch_times_both_shapes_of_both_precisions(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # static_batch imports vs_pytorch
+    static = _load("static_batch")
+    out = tmp_path / "static.json"
+    argv = ["--tiny", "--work", str(tmp_path / "work"), "--rounds", "1", "--chunk", "0.05",
+            "--batches", "2", "--calib-images", "8", "--threads", "1", "--json", str(out)]
+    assert static.main(argv) == 0
+    record = json.loads(out.read_text())
+    floats = record["float_precision"]
+    rows = record["results"]["2"]
+    assert set(rows) == {f"{floats} dynamic", f"{floats} static", "int8 dynamic",
+                         "int8 static"}
+    assert all(r["img_s"] > 0 for r in rows.values())
+    assert rows["int8 dynamic"]["vs_dynamic"] == 1.0
+    from dyt_edge.artifacts import load_artifact
+
+    built = load_artifact(tmp_path / "work" / "export-static-b2" / "openvino-int8")
+    assert built.info.batch == 2 and built.info.build.precision == "int8"
+    assert "| int8 static |" in capsys.readouterr().out
+    assert static.main(argv) == 0  # the second run reuses the static export
+    assert "reusing the static batch-2 export" in capsys.readouterr().err
