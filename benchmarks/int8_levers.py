@@ -16,7 +16,6 @@ measures that).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -44,15 +43,7 @@ def main(argv=None) -> int:
     from dyt_edge.runtimes.backends import import_openvino
     from dyt_edge.runtimes.openvino_runtime import OpenVinoModel
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/dyt-vs-pytorch"))
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--chunk", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calib-images", type=int, default=32)
-    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path)
+    ap = vp.common_arguments(__doc__)
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:

@@ -15,7 +15,6 @@ attention, which sees every token.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -57,15 +56,7 @@ def main(argv=None) -> int:
     from dyt_edge.data import load_images
     from dyt_edge.runtimes import RuntimeOptions, open_runtime
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/dyt-vs-pytorch"))
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--chunk", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calib-images", type=int, default=32)
-    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path)
+    ap = vp.common_arguments(__doc__)
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:

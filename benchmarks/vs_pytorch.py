@@ -386,22 +386,29 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options this script shares with the scripts that reuse its files (``int8_levers``,
+    ``static_batch``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/dyt-vs-pytorch"))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chunk", type=float, default=1.5, help="seconds per model per round")
-    ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--images", type=int, default=64, help="generated images (timed + gates)")
     ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = common_arguments(__doc__)
+    ap.add_argument("--rate", type=float, default=0.5)
+    ap.add_argument("--images", type=int, default=64, help="generated images (timed + gates)")
     ap.add_argument("--profile", action="store_true",
                     help="also print OpenVINO's per-node counters of the INT8 model")
     ap.add_argument("--prepare-only", action="store_true",
                     help="make (or check) the checkpoint and artifacts in --work, time nothing")
-    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path, help="print the README table of a --json file")
     args = ap.parse_args(argv)
     if args.markdown:
