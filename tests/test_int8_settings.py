@@ -126,6 +126,15 @@ def test_bf16_float_parts_bake_f32_gates_and_keep_attention_float(tiny_ov_work, 
     assert _sdpa_inputs_quantized(model) == [False] * len(NAMES)
     names = {op.get_friendly_name() for op in model.get_ops()}
     assert {f"{n}/gate/GateReduceSum" for n in NAMES} <= names
+    # compiled as it is stored, as a model server does (no dyt-edge rewrite): the gates run f32
+    core = import_openvino().Core()
+    compiled = core.compile_model(core.read_model(str(result.path / "model.xml")), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "bf16"})
+    gate_precisions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if "/gate/GateReduceSum" in op.get_rt_info()["originalLayersNames"].astype(str)}
+    assert gate_precisions == {"f32"}
 
     d = open_runtime("openvino", result.path, RuntimeOptions()).describe()
     assert d["precision_in_effect"] == "int8 (float parts bf16)"
