@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 GEMM = (8 * 197, 768, 3072)
 """M, K, N of the peak measurement: the MLP's first matmul at batch 8."""
@@ -312,7 +312,8 @@ def activation(runtime, batches) -> tuple[list[float], float]:
     return [float(v) for v in per_layer], float(per_layer.mean())
 
 
-def profile_top(path: Path, threads: int, x, top: int = 12) -> list[dict[str, Any]]:
+def profile_top(path: Path, threads: int, x, top: int = 12,
+                precision: Optional[str] = None) -> list[dict[str, Any]]:
     """OpenVINO per-node counters (``PERF_COUNT``) of one call at batch ``len(x)``, summed by
     node type, on a model compiled for this alone: once a model has run other shapes, its
     counters no longer add up to the call's time (seen with OpenVINO 2026.4: a batch-1 call of
@@ -322,7 +323,8 @@ def profile_top(path: Path, threads: int, x, top: int = 12) -> list[dict[str, An
     from dyt_edge.runtimes import RuntimeOptions, open_runtime
 
     runtime = open_runtime("openvino", str(path), RuntimeOptions(
-        threads=threads, hint="latency", extra={"config": {"PERF_COUNT": True}}))
+        precision=precision, threads=threads, hint="latency",
+        extra={"config": {"PERF_COUNT": True}}))
     try:
         req = runtime.compiled.create_infer_request()
         for _ in range(3):
@@ -455,8 +457,12 @@ def main(argv=None) -> int:
         results_by_batch[b] = interleaved(calls, b, args.rounds, args.chunk)
         del calls
         if args.profile:
-            record.setdefault("profile_int8_batch", {})[str(b)] = profile_top(
-                paths["int8"], args.threads, np.ascontiguousarray(images[:b]))
+            x = np.ascontiguousarray(images[:b])
+            record.setdefault("profile", {}).setdefault("openvino int8", {})[str(b)] = \
+                profile_top(paths["int8"], args.threads, x)
+            if "openvino bf16" in models:
+                record["profile"].setdefault("openvino bf16", {})[str(b)] = profile_top(
+                    paths["export"], args.threads, x, precision="bf16")
     peaks_after = gemm_peaks(args.threads, peak_seconds)
     peaks = best_peaks([peaks_before, peaks_after])
     record["peaks"] = {"before": peaks_before, "after": peaks_after, "best": peaks}
@@ -468,9 +474,9 @@ def main(argv=None) -> int:
         rt.close()
     text = markdown_table(record)
     print(text)
-    if args.profile:
-        for b, rows in record["profile_int8_batch"].items():
-            print(f"\nOpenVINO INT8, batch {b}, time by node type (node times sum to "
+    for name, per_batch in record.get("profile", {}).items():
+        for b, rows in per_batch.items():
+            print(f"\n{name}, batch {b}, time by node type (node times sum to "
                   f"{rows[0]['nodes_total_us'] / 1e3:.1f} ms; the call took "
                   f"{rows[0]['call_wall_us'] / 1e3:.1f} ms):")
             for r in rows:
