@@ -125,10 +125,9 @@ def demo_targets(bf16: Optional[bool] = None) -> list[tuple[str, str]]:
 
 def _cpu_has(capability: str) -> bool:
     try:
-        from .runtimes.backends import import_openvino
+        from .runtimes.openvino_runtime import device_capabilities
 
-        ov = import_openvino()
-        return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return capability in device_capabilities()
     except Exception:  # noqa: BLE001 - no OpenVINO: the openvino rows report it themselves
         return False
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from ..artifacts import Artifact
 from ..errors import DytEdgeError, UsageError
+from ..precisions import ALIASES as PRECISION_ALIASES
 from ..precisions import canonical_precision
 from ..progress import Progress
 
@@ -112,10 +113,7 @@ class BuildOptions:
         float_parts = self.float_parts
         if float_parts is not None:
             key = str(float_parts).strip().lower()
-            try:
-                float_parts = "auto" if key == "auto" else canonical_precision(key)
-            except UsageError:
-                float_parts = key
+            float_parts = PRECISION_ALIASES.get(key, key)  # "auto" and unknowns as given
             if float_parts not in FLOAT_PARTS_CHOICES:
                 raise UsageError(f"--float-parts must be one of "
                                  f"{', '.join(FLOAT_PARTS_CHOICES)}, got '{self.float_parts}'",

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..errors import DytEdgeError, UsageError
-from ..precisions import canonical_precision
+from ..precisions import ALIASES, canonical_precision
 
 HINTS = ("latency", "throughput")
 
@@ -55,10 +55,7 @@ def float_parts_extra(target: str, float_parts: Optional[str]) -> dict[str, Any]
         raise UsageError("--float-parts applies to --target openvino only (INT8 artifacts)",
                          "drop --float-parts")
     key = str(float_parts).strip().lower()
-    try:
-        precision = canonical_precision(key)
-    except UsageError:
-        precision = key
+    precision = ALIASES.get(key, key)
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--float-parts must be fp32, bf16 or fp16, got '{float_parts}'",
                          "e.g. --float-parts bf16")

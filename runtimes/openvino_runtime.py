@@ -57,6 +57,15 @@ _OURS = {v: k for k, v in HINT_TYPES.items()}
 _PERF_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
+def device_capabilities(core: Any = None, device: str = "CPU") -> list[str]:
+    """The device's ``OPTIMIZATION_CAPABILITIES`` (``FP32``, ``BF16``, ``FP16``, ``INT8``, ...)."""
+    if core is None:
+        from .backends import import_openvino
+
+        core = import_openvino().Core()
+    return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
 def hint_of(compiled: Any) -> str:
     """The ``INFERENCE_PRECISION_HINT`` a compiled model runs at (``f32``, ``bf16``, ...)."""
     value = compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -216,8 +225,7 @@ class OpenVinoRuntime(Runtime):
             raise RuntimeSetupError(f"OpenVINO has no device {device!r} here",
                                     f"available: {', '.join(available) or 'none'}")
         self.device_name = str(core.get_property(device, "FULL_DEVICE_NAME")).strip()
-        self.capabilities = [str(c) for c in core.get_property(device,
-                                                               "OPTIMIZATION_CAPABILITIES")]
+        self.capabilities = device_capabilities(core, device)
         hint = self._hint_precision()
         needed = {CAPABILITY[self.precision]}
         needed.add(CAPABILITY[_OURS[hint]])

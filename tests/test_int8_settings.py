@@ -49,9 +49,9 @@ def test_float_attention_keeps_q_k_v_unquantized(tiny_ov_export, tmp_path):
 # -- the build flags: --smooth-quant, --float-attention / --quantize-attention, --float-parts ----
 
 def _has_bf16() -> bool:
-    from dyt_edge.runtimes.backends import import_openvino
+    from dyt_edge.runtimes.openvino_runtime import device_capabilities
 
-    return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in device_capabilities()
 
 
 @pytest.mark.parametrize("args, needles", [

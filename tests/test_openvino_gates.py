@@ -18,7 +18,9 @@ def _ov():
 
 
 def _has_bf16() -> bool:
-    return "BF16" in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    from dyt_edge.runtimes.openvino_runtime import device_capabilities
+
+    return "BF16" in device_capabilities()
 
 
 def _gate_types(model) -> dict[str, list[str]]:

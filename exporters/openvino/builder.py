@@ -15,9 +15,9 @@ from typing import Any
 
 from ..._version import __version__
 from ...artifacts import file_sha256
+from ...runtimes.openvino_runtime import HINT_TYPES
 from ..builder import Builder, BuildContext, BuildError, BuildOutput
 
-_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _CHECK_BATCH = 64
 SMOOTH_QUANT_MIN_AGREEMENT = 0.99
 """``--smooth-quant auto``: below this top-1 agreement with the float IR on the calibration
@@ -47,17 +47,15 @@ class OpenVinoBuilder(Builder):
         ov = import_openvino()
         precision = ctx.options.precision
         notes: list[str] = []
-        hint = _HINTS[precision]
-        if precision == "int8":
-            ctx.extra["float_parts"] = parts = self._float_parts(ctx, ov)
-            hint = _HINTS[parts]
+        parts = self._float_parts(ctx) if precision == "int8" else precision
+        hint = HINT_TYPES[parts]
         with tempfile.TemporaryDirectory(prefix="dyt-edge-build-") as tmp:
             with ctx.stage("float IR"):
                 float_model, source_ir = self._float_model(ctx, Path(tmp), ov)
             record: dict[str, Any] = {"source_ir": source_ir, "inference_precision": hint}
             xml = staging / "model.xml"
             if precision == "int8":
-                record.update(self._int8(ctx, float_model, xml, ov, notes, hint))
+                record.update(self._int8(ctx, float_model, xml, ov, notes, parts))
             else:
                 with ctx.stage("write"):
                     self._mark(float_model, ctx, precision, hint)
@@ -107,14 +105,15 @@ class OpenVinoBuilder(Builder):
                          dispatcher_names=ctx.dispatcher_names)
         return xml
 
-    def _float_parts(self, ctx: BuildContext, ov) -> str:
+    def _float_parts(self, ctx: BuildContext) -> str:
         """INT8: the precision of the parts left float (``--float-parts``; ``auto``: bf16 where
         this machine's CPU has it, else fp32)."""
         asked = ctx.options.float_parts or "auto"
         if asked != "auto":
             return asked
-        caps = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-        return "bf16" if "BF16" in caps else "fp32"
+        from ...runtimes.openvino_runtime import device_capabilities
+
+        return "bf16" if "BF16" in device_capabilities() else "fp32"
 
     def _bake_f32_gates(self, model, ctx: BuildContext, hint: str) -> list[str]:
         """Below f32, store every gate as Multiply + ReduceSum
@@ -147,7 +146,7 @@ class OpenVinoBuilder(Builder):
 
     # -- int8 ---------------------------------------------------------------------------------
     def _int8(self, ctx: BuildContext, float_model, xml: Path, ov, notes: list[str],
-              hint: str) -> dict[str, Any]:
+              parts: str) -> dict[str, Any]:
         """NNCF INT8 with the settings of ``--smooth-quant`` / ``--float-attention`` /
         ``--float-parts``. SmoothQuant ``auto`` quantizes without it first (faster on these
         graphs: it puts a scale in front of every MatMul) and again with it when the result's
@@ -156,6 +155,7 @@ class OpenVinoBuilder(Builder):
         from ...calibration.openvino_int8 import QuantizeSettings
 
         opts = ctx.options
+        hint = HINT_TYPES[parts]
         mode = opts.smooth_quant or "auto"
         float_attention = (opts.float_attention if opts.float_attention is not None
                            else hint != "f32")
@@ -195,7 +195,7 @@ class OpenVinoBuilder(Builder):
                                         "seconds": round(result.seconds, 2)},
                        "accuracy_control": result.accuracy_control}
         calibration.pop("requested", None)
-        return {"weights": "int8", "float_parts": ctx.extra["float_parts"],
+        return {"weights": "int8", "float_parts": parts,
                 "f32_gates": gates, "calibration": calibration, "check": check}
 
     def _quantize_and_check(self, ctx: BuildContext, float_model, settings, xml: Path, ov,
