@@ -16,7 +16,6 @@ measures that).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -116,8 +115,7 @@ def main(argv=None) -> int:
         a = agreement[name]
         print(f"| {name} | " + " | ".join(cells) + f" | {a['top1']:.1%} | {a['gate_flips']:.2%} |")
     if args.json:
-        args.json.write_text(json.dumps(record, indent=1, default=str))
-        log(f"wrote {args.json}")
+        vp.write_json(args.json, record, log)
     return 0
 
 

@@ -15,7 +15,6 @@ attention, which sees every token.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -108,8 +107,7 @@ def main(argv=None) -> int:
                  f"{record['results'][b][name]['vs_dynamic']:.2f}x" for b in batches]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps(record, indent=1, default=str))
-        log(f"wrote {args.json}")
+        vp.write_json(args.json, record, log)
     return 0
 
 

@@ -156,10 +156,9 @@ def open_models(paths: dict[str, Path], threads: int) -> dict[str, Any]:
 
 def cpu_has_bf16() -> bool:
     """OpenVINO lists BF16 for this CPU (else the bf16 rows are left out: it would refuse)."""
-    from dyt_edge.runtimes.backends import import_openvino
+    from dyt_edge.runtimes.openvino_runtime import device_capabilities
 
-    caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "BF16" in [str(c) for c in caps]
+    return "BF16" in device_capabilities()
 
 
 # -- peaks ---------------------------------------------------------------------------------------
@@ -313,13 +312,13 @@ def activation(runtime, batches) -> tuple[list[float], float]:
 
 
 def profile_top(path: Path, threads: int, x, top: int = 12,
-                precision: Optional[str] = None) -> list[dict[str, Any]]:
+                precision: Optional[str] = None) -> dict[str, Any]:
     """OpenVINO per-node counters (``PERF_COUNT``) of one call at batch ``len(x)``, summed by
     node type, on a model compiled for this alone: once a model has run other shapes, its
     counters no longer add up to the call's time (seen with OpenVINO 2026.4: a batch-1 call of
-    28 ms read 126-151 ms after batch-8 calls). The last of four calls on one input; each row
-    also holds the call's wall time and the sum over all nodes, which agree when the counters
-    are sound."""
+    28 ms read 126-151 ms after batch-8 calls). The last of four calls on one input: its wall
+    time, the sum over all nodes (the two agree when the counters are sound) and the ``top``
+    node types."""
     from dyt_edge.runtimes import RuntimeOptions, open_runtime
 
     runtime = open_runtime("openvino", str(path), RuntimeOptions(
@@ -341,9 +340,9 @@ def profile_top(path: Path, threads: int, x, top: int = 12,
         runtime.close()
     total = sum(by_type.values()) or 1.0
     rows = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
-    return [{"node": k, "us": round(v, 1), "share": round(v / total, 4),
-             "call_wall_us": round(wall_us, 1), "nodes_total_us": round(total, 1)}
-            for k, v in rows]
+    return {"call_wall_us": round(wall_us, 1), "nodes_total_us": round(total, 1),
+            "nodes": [{"node": k, "us": round(v, 1), "share": round(v / total, 4)}
+                      for k, v in rows]}
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -388,6 +387,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def write_json(path: Path, record: dict[str, Any], log: Callable[[str], None]) -> None:
+    """A run's record as JSON (what ``--json`` writes, in every script of this family)."""
+    path.write_text(json.dumps(record, indent=1, default=str))
+    log(f"wrote {path}")
+
+
 def common_arguments(doc: str) -> argparse.ArgumentParser:
     """The options this script shares with the scripts that reuse its files (``int8_levers``,
     ``static_batch``)."""
@@ -408,7 +413,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--images", type=int, default=64, help="generated images (timed + gates)")
     ap.add_argument("--profile", action="store_true",
-                    help="also print OpenVINO's per-node counters of the INT8 model")
+                    help="also print OpenVINO's per-node counters of the INT8 and bf16 models")
     ap.add_argument("--prepare-only", action="store_true",
                     help="make (or check) the checkpoint and artifacts in --work, time nothing")
     ap.add_argument("--markdown", type=Path, help="print the README table of a --json file")
@@ -475,15 +480,14 @@ def main(argv=None) -> int:
     text = markdown_table(record)
     print(text)
     for name, per_batch in record.get("profile", {}).items():
-        for b, rows in per_batch.items():
+        for b, prof in per_batch.items():
             print(f"\n{name}, batch {b}, time by node type (node times sum to "
-                  f"{rows[0]['nodes_total_us'] / 1e3:.1f} ms; the call took "
-                  f"{rows[0]['call_wall_us'] / 1e3:.1f} ms):")
-            for r in rows:
+                  f"{prof['nodes_total_us'] / 1e3:.1f} ms; the call took "
+                  f"{prof['call_wall_us'] / 1e3:.1f} ms):")
+            for r in prof["nodes"]:
                 print(f"  {r['share']:6.1%}  {r['us']:9.0f} us  {r['node']}")
     if args.json:
-        args.json.write_text(json.dumps(record, indent=1, default=str))
-        log(f"wrote {args.json}")
+        write_json(args.json, record, log)
     return 0
 
 
