@@ -28,6 +28,7 @@ import torch
 from onnx import numpy_helper
 
 from dyt_edge.errors import DytEdgeError
+from dyt_edge.model.layers import export_form
 
 from .errors import ExportError
 from .graph_report import locate
@@ -66,7 +67,7 @@ def export_onnx(model: torch.nn.Module, *, opset: int, batch: Optional[int] = No
             lg.addHandler(handler)
             lg.propagate = False
         with warnings.catch_warnings(record=True) as caught, torch.no_grad(), \
-                contextlib.redirect_stdout(io.StringIO()):
+                contextlib.redirect_stdout(io.StringIO()), export_form(model):
             warnings.simplefilter("always")
             program = torch.onnx.export(
                 model, (example,), kwargs={"return_masks": True}, dynamo=True,

@@ -310,3 +310,45 @@ def test_int8_openvino_model_of_a_dispatch_graph_compiles_and_runs(tmp_path, mod
     result = compiled(x)
     logits = next(v for p, v in result.items() if "logits" in p.get_names())
     assert logits.shape == (6, model.config.num_classes) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_export_form_of_attention_equals_timms_in_every_mode(variant):
+    """The attention the export traces (split heads, explicit core) computes what timm's does,
+    in float64 to float64 rounding, with the same gate decisions; the flag is restored."""
+    from dyt_edge.model.layers import DyTBlock, export_form
+
+    model = controlled_model(variant, "adapter").double()
+    x = mixed_batch(5).double()
+    for mode in ("complete", "mask", "topk", "pack", "capacity"):
+        cap = 0.5 if mode == "capacity" else None
+        ref, ref_masks = run(model, mode, x, capacity=cap)
+        with export_form(model):
+            assert all(b.export_attention for b in model.modules() if isinstance(b, DyTBlock))
+            out, masks = run(model, mode, x, capacity=cap)
+        diff = (out - ref).abs().max().item()
+        assert diff <= 1e-10, f"{mode}: max diff {diff}"
+        assert torch.equal(masks, ref_masks), mode
+    assert not any(b.export_attention for b in model.modules() if isinstance(b, DyTBlock))
+
+
+def test_exported_attention_has_no_five_dimensional_transpose():
+    """timm's qkv permute (a 5-D Transpose) and the exporter's SDPA form are not in the graph:
+    per attention a Split, q / v transposes [0 2 1 3] and k [0 2 3 1] (README, "Attention in
+    the export")."""
+    import onnx
+
+    from dyt_edge.exporters.torch_onnx import export_onnx
+
+    model = controlled_model("mlp", "adapter")
+    model.set_dispatch("pack")
+    proto, _ = export_onnx(model, opset=18)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+    transposes = [n for n in proto.graph.node if n.op_type == "Transpose"]
+    perms = [tuple(a.ints) for n in transposes for a in n.attribute if a.name == "perm"]
+    assert not any(len(p) == 5 for p in perms), perms
+    assert not any(ranks.get(n.input[0]) == 5 for n in transposes)
+    depth = model.config.depth
+    assert perms.count((0, 2, 3, 1)) == depth, perms
+    assert sum(n.op_type == "Split" for n in proto.graph.node) >= depth

@@ -10,6 +10,7 @@ so its state_dicts load with a strict key check. The attention-side gates (``att
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -150,6 +151,21 @@ class MoEAdapter(Adapter):
         return self._out(up)
 
 
+@contextmanager
+def export_form(model: nn.Module):
+    """While exporting: every :class:`DyTBlock` of ``model`` computes its attention in the form
+    the export wants (:meth:`DyTBlock._core_export`: the same math, float rounding aside)."""
+    blocks = [m for m in model.modules() if isinstance(m, DyTBlock)]
+    before = [b.export_attention for b in blocks]
+    for b in blocks:
+        b.export_attention = True
+    try:
+        yield model
+    finally:
+        for b, was in zip(blocks, before):
+            b.export_attention = was
+
+
 def _mlp_residual(routed, x: torch.Tensor, adapted: torch.Tensor, i: int) -> torch.Tensor:
     """``x + MLP(x) [at the active tokens] + Adapter(x)``.
 
@@ -208,6 +224,8 @@ class DyTBlock(nn.Module):
             self.layer_token_select = TokenSelect(dim)
         self.dispatch_mode = "mask"
         self.capacity_k: Optional[int] = None
+        self.export_attention = False
+        """Set while exporting (:func:`export_form`): attention in :meth:`_core_export`'s form."""
 
     # -- sub-blocks in the dispatch contract: fn(tokens, key_valid) -> tuple ------------------
     def _attn(self, t: torch.Tensor, key_valid: Optional[torch.Tensor]) -> torch.Tensor:
@@ -217,7 +235,37 @@ class DyTBlock(nn.Module):
             neg = torch.finfo(t.dtype).min
             bias = torch.zeros(key_valid.shape, dtype=t.dtype, device=t.device)
             bias = bias.masked_fill(~key_valid, neg)[:, None, None, :]
-        return self.attn(self.norm1(t), attn_mask=bias)
+        return self._self_attention(self.norm1(t), bias)
+
+    def _exporting(self) -> bool:
+        return self.export_attention and getattr(self.attn, "gate", None) is None
+
+    def _self_attention(self, t: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """timm's attention of ``t`` [B, N, C] (additive key mask ``bias`` [B, 1, 1, N] or
+        None); in its export form while exporting."""
+        if not self._exporting():
+            return self.attn(t, attn_mask=bias)
+        attn = self.attn
+        return attn.proj_drop(attn.proj(self._core_export(attn.qkv(t), bias)))
+
+    def _core_export(self, qkv: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention core of ``qkv`` [B, K, 3A] -> [B, K, A] as the export traces it: q, k
+        and v split off the heads axis and each transposed once ([0 2 1 3], k [0 2 3 1]), then
+        an explicit ``softmax(q k^T * scale + bias) v``. OpenVINO's CPU plugin (2026.4) fuses
+        that core with the q and v transposes into one attention kernel. timm's
+        ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`` stays a standalone 5-D transpose there,
+        and the exporter's form of ``scaled_dot_product_attention`` adds a scale multiply on q
+        and k and a K transpose that is undone again (README, "Attention in the export")."""
+        attn = self.attn
+        b, k, _ = qkv.shape
+        h = attn.num_heads
+        q, key, v = qkv.reshape(b, k, 3 * h, attn.head_dim).split(h, dim=2)   # [B, K, H, D]
+        q, key = attn.q_norm(q), attn.k_norm(key)       # norms over D: any layout
+        weights = (q.transpose(1, 2) * attn.scale) @ key.permute(0, 2, 3, 1)   # [B, H, K, K]
+        if bias is not None:
+            weights = weights + bias
+        out = weights.softmax(dim=-1) @ v.transpose(1, 2)                    # [B, H, K, D]
+        return attn.norm(out.transpose(1, 2).reshape(b, k, attn.attn_dim))
 
     def _attn_fn(self, t, key_valid):
         return (self._attn(t, key_valid),)
@@ -229,6 +277,10 @@ class DyTBlock(nn.Module):
         (timm 1.0.x: heads split, q/k norms, fused or explicit attention, the output norm)."""
         attn = self.attn
         b, k, _ = qkv.shape
+        if self._exporting():
+            neg = torch.finfo(qkv.dtype).min
+            bias = torch.zeros(key_valid.shape, dtype=qkv.dtype, device=qkv.device)
+            return self._core_export(qkv, bias.masked_fill(~key_valid, neg)[:, None, None, :])
         qkv = qkv.reshape(b, k, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, key, v = qkv.unbind(0)
         q, key = attn.q_norm(q), attn.k_norm(key)
@@ -305,7 +357,7 @@ class DyTBlock(nn.Module):
                 masks.append(m)
                 x = routed.add_to(x)
             else:
-                x = x + self.attn(self.norm1(x))
+                x = x + self._self_attention(self.norm1(x), None)
             if self.variant in ("mlp", "attn_mlp"):
                 routed, m = self._run(self._mlp_fn, x, self.mlp_token_select, False, want_mask)
                 masks.append(m)
