@@ -151,6 +151,13 @@ class MoEAdapter(Adapter):
         return self._out(up)
 
 
+def key_padding_bias(key_valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Additive key-padding mask [B, 1, 1, K] of ``key_valid`` [B, K] in ``like``'s dtype and
+    device: 0 for valid keys, the dtype's lowest value (exact zero weights) for padding."""
+    bias = torch.zeros(key_valid.shape, dtype=like.dtype, device=like.device)
+    return bias.masked_fill(~key_valid, torch.finfo(like.dtype).min)[:, None, None, :]
+
+
 @contextmanager
 def export_form(model: nn.Module):
     """While exporting: every :class:`DyTBlock` of ``model`` computes its attention in the form
@@ -229,12 +236,7 @@ class DyTBlock(nn.Module):
 
     # -- sub-blocks in the dispatch contract: fn(tokens, key_valid) -> tuple ------------------
     def _attn(self, t: torch.Tensor, key_valid: Optional[torch.Tensor]) -> torch.Tensor:
-        bias = None
-        if key_valid is not None:
-            # Additive key-padding mask [B, 1, 1, K]; finfo.min gives exact zero weights.
-            neg = torch.finfo(t.dtype).min
-            bias = torch.zeros(key_valid.shape, dtype=t.dtype, device=t.device)
-            bias = bias.masked_fill(~key_valid, neg)[:, None, None, :]
+        bias = None if key_valid is None else key_padding_bias(key_valid, t)
         return self._self_attention(self.norm1(t), bias)
 
     def _exporting(self) -> bool:
@@ -277,16 +279,12 @@ class DyTBlock(nn.Module):
         (timm 1.0.x: heads split, q/k norms, fused or explicit attention, the output norm)."""
         attn = self.attn
         b, k, _ = qkv.shape
+        bias = key_padding_bias(key_valid, qkv)
         if self._exporting():
-            neg = torch.finfo(qkv.dtype).min
-            bias = torch.zeros(key_valid.shape, dtype=qkv.dtype, device=qkv.device)
-            return self._core_export(qkv, bias.masked_fill(~key_valid, neg)[:, None, None, :])
+            return self._core_export(qkv, bias)
         qkv = qkv.reshape(b, k, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, key, v = qkv.unbind(0)
         q, key = attn.q_norm(q), attn.k_norm(key)
-        neg = torch.finfo(q.dtype).min
-        bias = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~key_valid, neg)[:, None, None, :]
         if attn.fused_attn:
             out = F.scaled_dot_product_attention(q, key, v, attn_mask=bias)
         else:
